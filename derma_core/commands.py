@@ -1,0 +1,136 @@
+"""The core's commands: ``derma run``, ``derma plugins`` and ``derma ui``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import hookimpl
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _print_metrics(metrics: dict[str, float], prefix: str) -> None:
+    keys = ["accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auroc", "invalid_rate", "ece"]
+    rows = []
+    for key in keys:
+        name = f"{prefix}_{key}"
+        if name in metrics:
+            low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
+            ci = f"  [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+            rows.append(f"  {name:<26} {metrics[name]:.4f}{ci}")
+    click.echo("\n".join(rows) if rows else "  (no metrics)")
+
+
+@click.command("run")
+@click.option("--plugin", "-p", "plugin", help="Backend to run (see `derma plugins`).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file overriding the defaults.")
+@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override one config key, e.g. -o train.epochs=3 (repeatable).")
+@click.option("--dataset", help="Dataset source (data.source): synthetic, ham10000, dermamnist, folder.")
+@click.option("--data-dir", help="Prepared folder from `derma prep` (data.dir).")
+@click.option("--experiment", help="MLflow experiment (default: the dataset name).")
+@click.option("--run-name", help="MLflow run name.")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db).")
+@click.option("--seed", type=int, help="Random seed.")
+@click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--quiet", "-q", is_flag=True, default=None, help="No progress bars.")
+@click.option("--resume", "resume_run_id", metavar="RUN_ID", help="Continue an interrupted run from its checkpoint.")
+@click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
+def run_command(plugin, config_file, overrides, dataset, data_dir, experiment, run_name, tracking_uri, seed,
+                device, quiet, resume_run_id, print_config):
+    """Train and/or evaluate one backend and record everything in MLflow."""
+    from . import plugins, runner, tracking
+    from .config import ConfigError, dump_config, resolve_config
+
+    values = {"data.source": dataset, "data.dir": data_dir, "tracking.experiment": experiment,
+              "tracking.run_name": run_name, "tracking.uri": tracking_uri, "seed": seed, "device": device,
+              "quiet": quiet}
+    try:
+        if resume_run_id:
+            stored = tracking.load_run_config(resume_run_id, tracking_uri)
+            plugin = plugin or stored.get("plugin")
+            if stored.get("plugin") != plugin:
+                _fail(f"run {resume_run_id} used plugin {stored.get('plugin')!r}, not {plugin!r}")
+        if not plugin:
+            names = ", ".join(sorted(plugins.classifiers()))
+            _fail(f"--plugin is required; installed: {names}", 2)
+        reg = plugins.get_classifier(plugin)
+        plugin_cfg = reg.options.get("config")
+        if resume_run_id:
+            import tempfile
+            from pathlib import Path
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "resumed.yaml"
+                stored.pop("plugin", None)
+                path.write_text(dump_config(stored))
+                config = resolve_config(plugin, path, overrides, values, plugin_config=plugin_cfg)
+        else:
+            config = resolve_config(plugin, config_file, overrides, values, plugin_config=plugin_cfg)
+    except (ConfigError, plugins.UnknownComponentError, LookupError) as exc:
+        _fail(str(exc).strip("'\""), 2)
+    if print_config:
+        click.echo(dump_config(config), nl=False)
+        return
+    try:
+        result = runner.run(config, resume_run_id=resume_run_id)
+    except runner.RunError as exc:
+        where = f" (MLflow run {exc.run_id} marked FAILED; partial results kept in {exc.work_dir})" if exc.run_id else ""
+        _fail(f"{plugin} failed: {exc}{where}")
+    except (plugins.UnknownComponentError, ConfigError, RuntimeError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc).strip("'\""))
+    if result.metrics:
+        split = config["evaluation"]["split"]
+        click.echo(f"{plugin} on {result.experiment} ({split} split):")
+        _print_metrics(result.metrics, split)
+        click.echo(f"MLflow run id: {result.run_id}  (experiment {result.experiment!r}; `derma ui` to browse)")
+
+
+@click.group("plugins", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--all", "show_all", is_flag=True, help="Include the core's built-in plugins.")
+@click.pass_context
+def plugins_command(ctx, as_json, show_all):
+    """List installed plugins: name, package, version, hooks and load errors."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from . import plugins
+
+    infos = [i for i in plugins.plugin_infos() if show_all or not i.builtin or i.error]
+    registered = {name: reg.plugin for name, reg in plugins.classifiers().items()}
+    if as_json:
+        payload = [dict(i.as_dict(), classifiers=sorted(n for n, p in registered.items() if p == i.name))
+                   for i in infos]
+        click.echo(json.dumps(payload, indent=2))
+        return
+    click.echo("classifiers: " + ", ".join(f"{n} ({p})" for n, p in sorted(registered.items())))
+    for info in infos:
+        status = f"FAILED TO LOAD: {info.error}" if info.error else ", ".join(info.hooks)
+        version = f" {info.version}" if info.version else ""
+        package = f" [{info.package}{version}]" if info.package else ""
+        click.echo(f"{info.name}{package}: {status}")
+
+
+@click.command("ui")
+@click.option("--tracking-uri", help="Store to browse (default: the same as derma run).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+def ui_command(tracking_uri, host, port):
+    """Start the MLflow UI on derma's store (bound to 127.0.0.1 unless --host says otherwise)."""
+    from . import tracking
+
+    click.echo(f"MLflow UI on http://{host}:{port} for {tracking.resolve_tracking_uri(tracking_uri)}")
+    sys.exit(tracking.serve_ui(tracking_uri, host, port))
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(run_command)
+    cli.add_command(plugins_command)
+    cli.add_command(ui_command)

@@ -1,0 +1,238 @@
+"""Layered, validated run configuration.
+
+Resolution order (later wins): ``configs/default.yaml`` < ``configs/<plugin>.yaml`` <
+``--config FILE`` < ``-o dotted.key=value``. The first two layers define the schema: a key
+that neither declares is refused, and a value must have the type of the declared default
+(an int is accepted for a float). Two optional top-level sections of a schema file refine it
+and are dropped from the resolved config:
+
+``_choices``  dotted key -> list of allowed values
+``_types``    dotted key -> type name (``str``, ``int``, ``float``, ``bool``, ``list``, ``dict``,
+              ``any``) for keys whose default is null; null stays allowed for them
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+_TYPE_NAMES = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict}
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key path and what is allowed."""
+
+
+def configs_dir() -> Path:
+    """The folder holding default.yaml and the per-plugin files.
+
+    ``DERMA_CONFIG_DIR`` overrides; otherwise the repository's ``configs/`` (next to derma_core).
+    """
+    env = os.environ.get("DERMA_CONFIG_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    return data
+
+
+def deep_merge(base: dict, other: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def get_dotted(config: dict, dotted: str, default: Any = None) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def set_dotted(config: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = config
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {part!r} is a value, not a section")
+    node[parts[-1]] = value
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+class Schema:
+    """What keys exist, their types and allowed values, learned from the schema layers."""
+
+    def __init__(self, defaults: dict, choices: dict[str, list] | None = None,
+                 types: dict[str, str] | None = None) -> None:
+        self.defaults = defaults
+        self.choices = dict(choices or {})
+        self.types = dict(types or {})
+        for key, name in self.types.items():
+            if name != "any" and name not in _TYPE_NAMES:
+                raise ConfigError(f"_types.{key}: unknown type {name!r} (use {', '.join(_TYPE_NAMES)}, any)")
+
+    def validate(self, config: dict, source: str, prefix: str = "", schema: dict | None = None) -> None:
+        schema = self.defaults if schema is None else schema
+        for key, value in config.items():
+            path = f"{prefix}{key}"
+            if key not in schema:
+                allowed = ", ".join(sorted(k for k in schema if not str(k).startswith("_")))
+                section = f"section {prefix[:-1]!r}" if prefix else "the top level"
+                raise ConfigError(f"{source}: unknown key {path!r}; {section} allows: {allowed}")
+            default = schema[key]
+            if isinstance(default, dict) and default and isinstance(value, dict):
+                self.validate(value, source, path + ".", default)
+                continue
+            self.check_value(path, value, default, source)
+
+    def check_value(self, path: str, value: Any, default: Any, source: str) -> None:
+        declared = self.types.get(path)
+        if declared is not None:
+            ok = declared == "any" or value is None or _is_type(value, _TYPE_NAMES[declared])
+            expected = declared
+        elif default is None:
+            ok, expected = True, "any"
+        elif isinstance(default, dict):
+            ok, expected = isinstance(value, dict), "a mapping"
+        else:
+            ok = _is_type(value, type(default))
+            expected = type(default).__name__
+        if not ok:
+            raise ConfigError(f"{source}: {path} must be {expected}, got {value!r} ({type(value).__name__})")
+        if path in self.choices and value not in self.choices[path]:
+            allowed = ", ".join(str(c) for c in self.choices[path])
+            raise ConfigError(f"{source}: {path} must be one of {allowed}, got {value!r}")
+
+
+def _is_type(value: Any, expected: type) -> bool:
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=1e-3"`` -> ``("train.lr", 0.001)``; values are parsed as YAML (numbers,
+    booleans, null, ``[1, 2]`` lists)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like dotted.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML 1.1 reads "1e-3" as a string; numbers people type should be numbers
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def _split_meta(data: dict) -> tuple[dict, dict, dict]:
+    data = dict(data)
+    choices = data.pop("_choices", None) or {}
+    types = data.pop("_types", None) or {}
+    return data, choices, types
+
+
+def build_schema(paths: Iterable[Path]) -> tuple[dict, Schema]:
+    defaults: dict = {}
+    choices: dict = {}
+    types: dict = {}
+    for path in paths:
+        data, c, t = _split_meta(load_yaml(path))
+        defaults = deep_merge(defaults, data)
+        choices.update(c)
+        types.update(t)
+    return defaults, Schema(defaults, choices, types)
+
+
+def resolve_config(
+    plugin: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    overrides: Iterable[str] = (),
+    values: dict[str, Any] | None = None,
+    plugin_config: Path | None = None,
+) -> dict:
+    """The resolved config for ``plugin``: defaults, plugin file, ``config_file``,
+    ``overrides`` (``dotted.key=value`` strings), then ``values`` (dotted key -> value, from
+    CLI flags such as ``--seed``). Raises :class:`ConfigError` before any work starts."""
+    base = configs_dir() / "default.yaml"
+    layers = [base]
+    if plugin_config is None and plugin is not None:
+        candidate = configs_dir() / f"{plugin}.yaml"
+        plugin_config = candidate if candidate.exists() else None
+    if plugin_config is not None:
+        layers.append(Path(plugin_config))
+    config, schema = build_schema(layers)
+    if config_file is not None:
+        user, _, _ = _split_meta(load_yaml(config_file))
+        schema.validate(user, str(config_file))
+        config = deep_merge(config, user)
+    for text in overrides:
+        key, value = parse_override(text)
+        schema.validate(_nest(key, value), f"-o {text}")
+        set_dotted(config, key, value)
+    for key, value in (values or {}).items():
+        if value is None:
+            continue
+        schema.validate(_nest(key, value), f"--{key.split('.')[-1].replace('_', '-')}")
+        set_dotted(config, key, value)
+    if plugin is not None:
+        config["plugin"] = plugin
+    return config
+
+
+def _nest(dotted: str, value: Any) -> dict:
+    out: dict = {}
+    set_dotted(out, dotted, value)
+    return out
+
+
+def dump_config(config: dict) -> str:
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)

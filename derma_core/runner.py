@@ -1,0 +1,257 @@
+"""One ``derma run``: dataset -> fit -> predict -> evaluators -> MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__, plugins, tracking
+from .config import dump_config, get_dotted
+from .interfaces import Dataset, Predictions, RunContext, Split
+from .reproducibility import resolve_device, seed_everything
+
+#: Param name -> the config keys it is read from (first present wins). The same names for
+#: every plugin, so the MLflow compare view lines runs up. Plugins follow these key names.
+CURATED_PARAMS: dict[str, tuple[str, ...]] = {
+    "plugin": ("plugin",),
+    "seed": ("seed",),
+    "data_source": ("data.source",),
+    "image_size": ("data.size",),
+    "eval_split": ("evaluation.split",),
+    "model": ("model.name", "model.arch"),
+    "weights": ("model.weights",),
+    "dropout": ("model.dropout",),
+    "epochs": ("train.epochs",),
+    "batch_size": ("train.batch_size",),
+    "lr": ("train.lr",),
+    "weight_decay": ("train.weight_decay",),
+    "optimizer": ("train.optimizer",),
+    "scheduler": ("train.scheduler",),
+    "sampler": ("train.sampler",),
+    "label_smoothing": ("train.label_smoothing",),
+    "class_weighting": ("class_weighting.mode",),
+    "class_weight_cap": ("class_weighting.cap",),
+    "prompt": ("prompt",),
+    "answer_mode": ("answer_mode",),
+    "parser": ("parser",),
+    "precision": ("precision", "train.precision"),
+    "quantization": ("quantization",),
+    "lora_r": ("lora.r",),
+    "lora_alpha": ("lora.alpha",),
+    "lora_dropout": ("lora.dropout",),
+}
+
+_MISSING = object()
+
+
+def curated_params(config: dict) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, keys in CURATED_PARAMS.items():
+        for key in keys:
+            value = get_dotted(config, key, _MISSING)
+            if value is not _MISSING:
+                out[name] = value
+                break
+    return out
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    experiment: str
+    metrics: dict[str, float]
+    predictions: Predictions | None = None
+    work_dir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class RunError(RuntimeError):
+    """A run failed; ``run_id`` and ``work_dir`` say where its partial results are."""
+
+    def __init__(self, message: str, run_id: str | None, work_dir: Path | None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.work_dir = work_dir
+
+
+def load_dataset(config: dict) -> Dataset:
+    """The dataset ``data.source`` names, through the dataset-source registry."""
+    source = plugins.get_dataset_source(config["data"]["source"])
+    return source.obj(config)
+
+
+def _distributed() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _init_distributed(device: str) -> None:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+
+
+def _broadcast(value: Any) -> Any:
+    import torch.distributed as dist
+
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def _plugin_version(reg: plugins.Registration) -> str | None:
+    for info in plugins.plugin_infos():
+        if info.name == reg.plugin:
+            return info.version
+    return None
+
+
+def evaluate(split: Split, predictions: Predictions, config: dict) -> tuple[dict[str, float], list]:
+    """Run every selected evaluator; returns unprefixed metrics and the EvalResults."""
+    selected = get_dotted(config, "evaluation.evaluators")
+    regs = plugins.evaluators()
+    if selected is not None:
+        unknown = [name for name in selected if name not in regs]
+        if unknown:
+            raise plugins.UnknownComponentError(
+                f"evaluation.evaluators: unknown {unknown}; installed: {', '.join(sorted(regs))}")
+        regs = {name: regs[name] for name in selected}
+    metrics: dict[str, float] = {}
+    results = []
+    for name, reg in regs.items():
+        result = reg.obj(split, predictions, config)
+        metrics.update(result.metrics)
+        results.append((name, result))
+    return metrics, results
+
+
+def log_evaluation(tracker: tracking.Tracker, split: Split, predictions: Predictions,
+                   metrics: dict[str, float], results: list, prefix: str) -> dict[str, float]:
+    """Log prefixed metrics, tables, figures and the predictions table of an evaluated split."""
+    prefixed = {f"{prefix}_{k}": v for k, v in metrics.items()}
+    tracker.log_metrics(prefixed)
+    for _, result in results:
+        for tname, table in result.tables.items():
+            tracker.log_table(table, f"tables/{prefix}_{tname}.csv")
+        for fname, fig in result.figures.items():
+            tracker.log_figure(fig, f"figures/{prefix}_{fname}.png")
+    frame = predictions.to_frame(split)
+    tracker.log_table(frame, "predictions.csv" if prefix == "test" else f"predictions_{prefix}.csv")
+    return prefixed
+
+
+def run(
+    config: dict,
+    *,
+    resume_run_id: str | None = None,
+    reporter: Callable[[int, dict], None] | None = None,
+    parent_run_id: str | None = None,
+    extra_tags: dict[str, Any] | None = None,
+    on_started: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Run the backend ``config["plugin"]`` end to end and record it in MLflow.
+
+    Raises :class:`RunError` (with the run id and the folder holding partial results) when
+    the backend fails; the MLflow run is then marked FAILED with the error attached.
+    """
+    plugin_name = config["plugin"]
+    reg = plugins.get_classifier(plugin_name)
+    rank, world = _distributed()
+    device = resolve_device(config.get("device", "auto"))
+    if world > 1:
+        _init_distributed(device)
+        if device.startswith("cuda"):
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    seed_everything(int(config["seed"]), bool(config.get("deterministic", True)))
+    dataset = load_dataset(config)
+    eval_split_name = get_dotted(config, "evaluation.split", "test")
+    experiment = get_dotted(config, "tracking.experiment") or dataset.name
+    run_name = get_dotted(config, "tracking.run_name")
+    work_root = Path(get_dotted(config, "output.work_dir", "mlruns/work"))
+
+    tags = {
+        tracking.TAG_PLUGIN: plugin_name,
+        tracking.TAG_PLUGIN_VERSION: _plugin_version(reg),
+        tracking.TAG_DATASET: dataset.name,
+        tracking.TAG_DATASET_DIGEST: dataset.digest,
+        tracking.TAG_SYNTHETIC: str(dataset.synthetic).lower(),
+        tracking.TAG_VERSION: __version__,
+        tracking.TAG_GIT_SHA: tracking.git_sha(),
+        **(extra_tags or {}),
+    }
+
+    if rank != 0:
+        run_id = _broadcast(None)
+        return _run_body(config, reg, dataset, tracking.NullTracker(), run_id, device, work_root,
+                         eval_split_name, resume_run_id is not None, reporter, rank, world, experiment)
+
+    work_dir: Path | None = None
+    run_id: str | None = None
+    try:
+        with tracking.start_run(experiment, run_name=run_name, tags=tags,
+                                uri=get_dotted(config, "tracking.uri"), resume_run_id=resume_run_id,
+                                parent_run_id=parent_run_id) as tracker:
+            run_id = tracker.run_id
+            work_dir = work_root / run_id
+            if world > 1:
+                _broadcast(run_id)
+            if on_started is not None:
+                on_started(run_id)
+            return _run_body(config, reg, dataset, tracker, run_id, device, work_root, eval_split_name,
+                             resume_run_id is not None, reporter, rank, world, experiment)
+    except (KeyboardInterrupt, plugins.UnknownComponentError):
+        raise
+    except Exception as exc:
+        if type(exc).__name__ == "TrialPruned":
+            raise
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise RunError(message, run_id, work_dir) from exc
+
+
+def _run_body(config, reg, dataset: Dataset, tracker: tracking.Tracker, run_id: str, device: str,
+              work_root: Path, eval_split_name: str, resume: bool, reporter, rank: int, world: int,
+              experiment: str) -> RunResult:
+    work_dir = work_root / run_id
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / "config.yaml").write_text(dump_config(config))
+    if rank == 0:
+        tracker.log_params(curated_params(config))
+        tracker.log_text(dump_config(config), "config.yaml")
+        tracker.log_dict({"name": dataset.name, "digest": dataset.digest, "synthetic": dataset.synthetic,
+                          "dir": str(dataset.dir) if dataset.dir else None,
+                          "manifest": dataset.manifest}, "dataset.json")
+    ctx = RunContext(config=config, tracker=tracker, device=device, seed=int(config["seed"]),
+                     work_dir=work_dir, quiet=bool(config.get("quiet")), resume=resume,
+                     rank=rank, world_size=world, reporter=reporter)
+    classifier = reg.obj(config)
+    train, val = dataset["train"], dataset["val"]
+    if rank == 0:
+        for split in (train, val):
+            tracker.log_input(split.frame[["id", "label", "lesion_id", "image_path"]], name=f"{dataset.name}",
+                              context=split.name, digest=dataset.digest[:36] or None,
+                              source=str(dataset.dir) if dataset.dir else None)
+    classifier.fit(train, val, ctx)
+    eval_split = dataset[eval_split_name]
+    predictions = classifier.predict(eval_split, ctx)
+    if rank != 0:
+        return RunResult(run_id, experiment, {}, predictions, work_dir)
+    predictions = predictions.aligned_to(eval_split)
+    predictions.to_frame(eval_split).to_csv(work_dir / f"predictions_{eval_split_name}.csv", index=False)
+    if eval_split_name == "test":
+        tracker.log_input(eval_split.frame[["id", "label", "lesion_id", "image_path"]], name=dataset.name,
+                          context="test", digest=dataset.digest[:36] or None,
+                          source=str(dataset.dir) if dataset.dir else None)
+    metrics, results = evaluate(eval_split, predictions, config)
+    if predictions.info:
+        tracker.log_dict(_jsonable(predictions.info), f"{eval_split_name}_prediction_info.json")
+    prefixed = log_evaluation(tracker, eval_split, predictions, metrics, results, eval_split_name)
+    if get_dotted(config, "tracking.log_model", True) and hasattr(classifier, "log_model"):
+        classifier.log_model(ctx)
+    return RunResult(run_id, experiment, prefixed, predictions, work_dir)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))

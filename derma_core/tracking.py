@@ -1,0 +1,341 @@
+"""MLflow tracking: the only module in derma that calls mlflow.
+
+The default store is ``sqlite:///<cwd>/mlruns/mlflow.db`` with artifacts under
+``mlruns/artifacts`` (MLflow 3 removed the plain file store). ``MLFLOW_TRACKING_URI`` or
+``--tracking-uri`` point it elsewhere, a remote ``mlflow server`` included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+#: Tag names, stable across plugins, so runs can be filtered in the MLflow UI.
+TAG_PLUGIN = "derma.plugin"
+TAG_PLUGIN_VERSION = "derma.plugin_version"
+TAG_DATASET = "derma.dataset"
+TAG_DATASET_DIGEST = "derma.dataset_digest"
+TAG_SYNTHETIC = "derma.synthetic"
+TAG_VERSION = "derma.version"
+TAG_GIT_SHA = "derma.git_sha"
+TAG_ERROR = "derma.error"
+TAG_KIND = "derma.kind"
+
+_MAX_PARAM_LEN = 6000
+
+
+def default_store_dir() -> Path:
+    return Path(os.environ.get("DERMA_MLRUNS", "mlruns")).resolve()
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{default_store_dir() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(explicit: str | None = None) -> str:
+    """``--tracking-uri`` > ``MLFLOW_TRACKING_URI`` > the local SQLite store."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def _is_local_default(uri: str) -> bool:
+    return uri == default_tracking_uri()
+
+
+def configure(uri: str | None = None) -> str:
+    """Point mlflow at the store; create the local default store folder on demand."""
+    import mlflow
+
+    uri = resolve_tracking_uri(uri)
+    if _is_local_default(uri):
+        (default_store_dir() / "artifacts").mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str, uri: str) -> str:
+    """Experiment id for ``name``, created (with artifacts under mlruns/artifacts locally) if new."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
+        location = (default_store_dir() / "artifacts").as_uri() if _is_local_default(uri) else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # another worker created it meanwhile
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def git_sha() -> str | None:
+    """The source tree's commit (with ``-dirty`` when it has uncommitted changes), if any."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        if not sha:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text[:_MAX_PARAM_LEN]
+
+
+class Tracker:
+    """Logging into one MLflow run. Plugins get one through ``ctx.tracker``."""
+
+    def __init__(self, run_id: str, uri: str) -> None:
+        self.run_id = run_id
+        self.uri = uri
+
+    @property
+    def client(self):
+        import mlflow
+
+        return mlflow.MlflowClient(self.uri)
+
+    # -- scalars -------------------------------------------------------------------------
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log params; on a resumed run, params already logged with the same value are skipped."""
+        import mlflow
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        fresh = []
+        for key, value in params.items():
+            text = _param_value(value)
+            if key in existing:
+                if existing[key] != text:
+                    self.set_tags({f"derma.param_changed.{key}": text[:5000]})
+                continue
+            fresh.append(Param(key, text))
+        for i in range(0, len(fresh), 90):
+            self.client.log_batch(self.run_id, params=fresh[i:i + 90])
+        del mlflow
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
+                 if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        for i in range(0, len(batch), 900):
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 900])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        batch = [RunTag(k, str(v)[:5000]) for k, v in tags.items() if v is not None]
+        if batch:
+            self.client.log_batch(self.run_id, tags=batch)
+
+    # -- artifacts -----------------------------------------------------------------------
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, folder: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_dict(self, data: dict, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, data, artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        """Log a matplotlib figure (closed afterwards)."""
+        import matplotlib.pyplot as plt
+
+        self.client.log_figure(self.run_id, figure, artifact_file)
+        plt.close(figure)
+
+    def log_table(self, frame: pd.DataFrame, artifact_file: str) -> None:
+        """A table as CSV (for people and ``derma compare``) and as an MLflow table (for the UI)."""
+        stem = artifact_file.rsplit(".", 1)[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / (Path(stem).name + ".csv")
+            frame.to_csv(path, index=False)
+            parent = str(Path(stem).parent) if str(Path(stem).parent) != "." else None
+            self.log_artifact(path, parent)
+        self.client.log_table(self.run_id, data=frame, artifact_file=stem + ".json")
+
+    def log_input(self, frame: pd.DataFrame, name: str, context: str, digest: str | None = None,
+                  source: str | None = None) -> None:
+        """Record the evaluated split (its manifest: ids, labels, lesions — not the images)."""
+        import mlflow
+        from mlflow.entities import DatasetInput, InputTag
+
+        ds = mlflow.data.from_pandas(frame, source=source, name=name, targets="label" if "label" in frame else None,
+                                     digest=digest)
+        entity = ds._to_mlflow_entity()
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(entity, tags=[
+            InputTag(key=mlflow.utils.mlflow_tags.MLFLOW_DATASET_CONTEXT, value=context)])])
+
+    def log_pytorch_model(self, model: Any, name: str = "model", input_example: Any = None,
+                          **kwargs: Any) -> str:
+        """Log a torch module with ``mlflow.pytorch`` and a signature; returns its model URI."""
+        import mlflow
+
+        with _active(self):
+            info = mlflow.pytorch.log_model(model, name=name, input_example=input_example, **kwargs)
+        return info.model_uri
+
+    def artifact_uri(self) -> str:
+        return self.client.get_run(self.run_id).info.artifact_uri
+
+    def download_artifacts(self, path: str, dst: str | os.PathLike) -> Path:
+        return Path(self.client.download_artifacts(self.run_id, path, str(dst)))
+
+
+class NullTracker(Tracker):
+    """Logs nothing: for non-main DDP ranks and for library use without a store."""
+
+    def __init__(self) -> None:
+        super().__init__(run_id="", uri="")
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in {"run_id", "uri", "__class__", "__dict__"}:
+            return object.__getattribute__(self, name)
+        if name.startswith("log_") or name in {"set_tags"}:
+            return lambda *a, **k: None
+        return object.__getattribute__(self, name)
+
+
+@contextlib.contextmanager
+def _active(tracker: Tracker) -> Iterator[None]:
+    """Make ``tracker``'s run the fluent API's active run (for flavour log_model calls)."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == tracker.run_id:
+        yield
+        return
+    mlflow.set_tracking_uri(tracker.uri)
+    with mlflow.start_run(run_id=tracker.run_id, nested=active is not None, log_system_metrics=False):
+        yield
+
+
+@contextlib.contextmanager
+def start_run(
+    experiment: str,
+    run_name: str | None = None,
+    tags: dict[str, Any] | None = None,
+    uri: str | None = None,
+    resume_run_id: str | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[Tracker]:
+    """Open (or reopen with ``resume_run_id``) a run; a failure marks it FAILED with the error
+    attached (``error.txt`` and the ``derma.error`` tag), Ctrl-C marks it KILLED."""
+    import mlflow
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    uri = configure(uri)
+    client = mlflow.MlflowClient(uri)
+    if resume_run_id:
+        run = client.get_run(resume_run_id)
+        client.update_run(resume_run_id, status="RUNNING")
+        run_id = run.info.run_id
+    else:
+        exp_id = ensure_experiment(experiment, uri)
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        run = client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items() if v is not None})
+        run_id = run.info.run_id
+    tracker = Tracker(run_id, uri)
+    try:
+        yield tracker
+    except KeyboardInterrupt:
+        tracker.set_tags({TAG_ERROR: "interrupted (Ctrl-C)"})
+        client.set_terminated(run_id, status="KILLED")
+        raise
+    except BaseException as exc:
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+        try:
+            tracker.set_tags({TAG_ERROR: message})
+            tracker.log_text("".join(traceback.format_exception(exc)), "error.txt")
+        finally:
+            client.set_terminated(run_id, status="FAILED")
+        raise
+    else:
+        client.set_terminated(run_id, status="FINISHED")
+
+
+# -- reading runs back (derma compare, tune, resume) ---------------------------------------
+def get_run(run_id: str, uri: str | None = None):
+    import mlflow
+
+    return mlflow.MlflowClient(resolve_tracking_uri(uri)).get_run(run_id)
+
+
+def search_runs(experiment: str, uri: str | None = None, filter_string: str = "") -> list:
+    """Finished and failed runs of an experiment, newest first."""
+    import mlflow
+
+    client = mlflow.MlflowClient(resolve_tracking_uri(uri))
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise LookupError(f"no MLflow experiment named {experiment!r} in {resolve_tracking_uri(uri)}")
+    return client.search_runs([exp.experiment_id], filter_string=filter_string, order_by=["attributes.start_time DESC"])
+
+
+def load_run_table(run_id: str, artifact: str = "predictions.csv", uri: str | None = None) -> pd.DataFrame:
+    """A CSV artifact of a run (the predictions table by default) as a DataFrame."""
+    import mlflow
+
+    client = mlflow.MlflowClient(resolve_tracking_uri(uri))
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, artifact, tmp)
+        except Exception as exc:
+            raise LookupError(f"run {run_id} has no artifact {artifact!r}: {exc}") from None
+        return pd.read_csv(path, keep_default_na=False, dtype={"id": str, "lesion_id": str})
+
+
+def load_run_config(run_id: str, uri: str | None = None) -> dict:
+    import yaml
+
+    client_uri = resolve_tracking_uri(uri)
+    import mlflow
+
+    client = mlflow.MlflowClient(client_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, "config.yaml", tmp)
+        except Exception:
+            raise LookupError(f"run {run_id} has no config.yaml artifact: was it started by derma run?") from None
+        return yaml.safe_load(Path(path).read_text())
+
+
+def serve_ui(uri: str | None, host: str, port: int) -> int:
+    """Run ``mlflow ui`` on the same store (blocks until stopped)."""
+    uri = configure(uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    if _is_local_default(uri):
+        cmd += ["--default-artifact-root", (default_store_dir() / "artifacts").as_uri()]
+    return subprocess.call(cmd)

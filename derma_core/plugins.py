@@ -32,6 +32,7 @@ DEFAULT_PLUGINS = (
     "derma_core.data.sources",
     "derma_core.commands",
     "derma_core.data.commands",
+    "derma_core.answers",
     "derma_core.tuning",
 )
 

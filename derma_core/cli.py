@@ -24,6 +24,7 @@ class DermaGroup(click.Group):
         plugins.load_plugins()
         for impl in plugins.pm.hook.register_commands.get_hookimpls():
             try:
+                plugins._trace(f"register_commands -> {plugins.pm.get_name(impl.plugin)}")
                 impl.function(cli=self)
             except Exception as exc:  # a broken plugin's commands must not take down the CLI
                 name = plugins.pm.get_name(impl.plugin)

@@ -85,11 +85,10 @@ def run_command(plugin, config_file, overrides, dataset, data_dir, experiment, r
         _fail(f"{plugin} failed: {exc}{where}")
     except (plugins.UnknownComponentError, ConfigError, RuntimeError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc).strip("'\""))
-    if result.metrics:
-        split = config["evaluation"]["split"]
-        click.echo(f"{plugin} on {result.experiment} ({split} split):")
-        _print_metrics(result.metrics, split)
-        click.echo(f"MLflow run id: {result.run_id}  (experiment {result.experiment!r}; `derma ui` to browse)")
+    split = config["evaluation"]["split"]
+    click.echo(f"{plugin} on {result.experiment} ({split} split):")
+    _print_metrics(result.metrics, split)
+    click.echo(f"MLflow run id: {result.run_id}  (experiment {result.experiment!r}; `derma ui` to browse)")
 
 
 @click.group("plugins", invoke_without_command=True)
@@ -115,6 +114,26 @@ def plugins_command(ctx, as_json, show_all):
         version = f" {info.version}" if info.version else ""
         package = f" [{info.package}{version}]" if info.package else ""
         click.echo(f"{info.name}{package}: {status}")
+
+
+@plugins_command.command("new")
+@click.argument("name")
+@click.option("--dir", "parent", type=click.Path(file_okay=False), default=None,
+              help="Where to create the package (default: ./plugins if it exists, else the current folder).")
+def plugins_new_command(name, parent):
+    """Scaffold a working plugin package for a new classifier NAME."""
+    from pathlib import Path
+
+    from .scaffold import create_plugin
+
+    if parent is None:
+        parent = "plugins" if Path("plugins").is_dir() else "."
+    try:
+        root = create_plugin(name, Path(parent))
+    except (ValueError, FileExistsError) as exc:
+        _fail(str(exc), 2)
+    click.echo(f"created {root}\nnext:\n  pip install -e {root}\n  derma plugins\n"
+               f"  derma run --plugin {name}\n  pytest {root / 'tests'}")
 
 
 @click.command("ui")

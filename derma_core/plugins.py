@@ -159,8 +159,16 @@ def _collect(hook_name: str) -> dict[str, Registration]:
                 )
             found[name] = Registration(name, obj, _plugin, options)
 
+        _trace(f"{hook_name} -> {plugin_name}")
         impl.function(register=register)
     return found
+
+
+def _trace(message: str) -> None:
+    # Registration hooks are called implementation by implementation (to know which plugin
+    # registered what), so pluggy's own tracing would not see them: trace here instead.
+    if os.environ.get("DERMA_TRACE_PLUGINS"):
+        print(f"derma trace: {message}", file=sys.stderr)
 
 
 def classifiers() -> dict[str, Registration]:
@@ -219,3 +227,15 @@ def classifier_config_path(name: str, configs_dir: Path) -> Path | None:
     if reg is not None and reg.options.get("config"):
         return Path(reg.options["config"])
     return None
+
+
+def reset() -> None:
+    """Forget every loaded plugin so the next call loads afresh (tests, long-lived processes)."""
+    global _loaded
+    for name, plugin in list(pm.list_name_plugin()):
+        if plugin is not None:
+            pm.unregister(plugin, name=name)
+        else:
+            pm.unblock(name)
+    _infos.clear()
+    _loaded = False

@@ -230,9 +230,7 @@ def _run_body(config, reg, dataset: Dataset, tracker: tracking.Tracker, run_id: 
     train, val = dataset["train"], dataset["val"]
     if rank == 0:
         for split in (train, val):
-            tracker.log_input(split.frame[["id", "label", "lesion_id", "image_path"]], name=f"{dataset.name}",
-                              context=split.name, digest=dataset.digest[:36] or None,
-                              source=str(dataset.dir) if dataset.dir else None)
+            _log_split(tracker, dataset, split)
     classifier.fit(train, val, ctx)
     eval_split = dataset[eval_split_name]
     predictions = classifier.predict(eval_split, ctx)
@@ -241,9 +239,7 @@ def _run_body(config, reg, dataset: Dataset, tracker: tracking.Tracker, run_id: 
     predictions = predictions.aligned_to(eval_split)
     predictions.to_frame(eval_split).to_csv(work_dir / f"predictions_{eval_split_name}.csv", index=False)
     if eval_split_name == "test":
-        tracker.log_input(eval_split.frame[["id", "label", "lesion_id", "image_path"]], name=dataset.name,
-                          context="test", digest=dataset.digest[:36] or None,
-                          source=str(dataset.dir) if dataset.dir else None)
+        _log_split(tracker, dataset, eval_split)
     metrics, results = evaluate(eval_split, predictions, config)
     if predictions.info:
         tracker.log_dict(_jsonable(predictions.info), f"{eval_split_name}_prediction_info.json")
@@ -251,6 +247,29 @@ def _run_body(config, reg, dataset: Dataset, tracker: tracking.Tracker, run_id: 
     if get_dotted(config, "tracking.log_model", True) and hasattr(classifier, "log_model"):
         classifier.log_model(ctx)
     return RunResult(run_id, experiment, prefixed, predictions, work_dir)
+
+
+def split_digest(dataset: Dataset, split: Split) -> str:
+    """A short digest of one split's manifest (ids, labels, lesions) within its dataset."""
+    import hashlib
+
+    h = hashlib.sha256(dataset.digest.encode())
+    cols = split.frame[["id", "label", "lesion_id"]].astype(str)
+    h.update(pd_util_hash(cols))
+    return h.hexdigest()[:16]
+
+
+def pd_util_hash(frame) -> bytes:
+    import pandas as pd
+
+    return pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()
+
+
+def _log_split(tracker: tracking.Tracker, dataset: Dataset, split: Split) -> None:
+    """Record a split's manifest (not its images) through mlflow.data, one dataset per split."""
+    tracker.log_input(split.frame[["id", "label", "lesion_id", "image_path"]], name=f"{dataset.name}/{split.name}",
+                      context=split.name, digest=split_digest(dataset, split),
+                      source=str(dataset.dir) if dataset.dir else None)
 
 
 def _jsonable(value: Any) -> Any:

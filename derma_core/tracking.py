@@ -53,8 +53,13 @@ def _is_local_default(uri: str) -> bool:
 
 def configure(uri: str | None = None) -> str:
     """Point mlflow at the store; create the local default store folder on demand."""
+    import logging
+
     import mlflow
 
+    # MLflow's INFO chatter (database migrations) would drown derma's own one-line output
+    for name in ("mlflow.store.db.utils", "alembic", "mlflow.tracking"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     uri = resolve_tracking_uri(uri)
     if _is_local_default(uri):
         (default_store_dir() / "artifacts").mkdir(parents=True, exist_ok=True)

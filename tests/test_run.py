@@ -1,0 +1,119 @@
+"""`derma run` end to end into a temporary SQLite store, read back with MlflowClient."""
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from derma_core import hookimpl, plugins, tracking
+from derma_core.cli import cli
+from derma_core.interfaces import Predictions
+
+
+def _only_run(uri, experiment="tiny"):
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+class RowCounter:
+    @hookimpl
+    def register_evaluators(self, register):
+        def count(split, predictions, config):
+            from derma_core.interfaces import EvalResult
+
+            return EvalResult(metrics={"rows_seen": float(len(split)),
+                                       "nv_predicted": float(sum(l == "nv" for l in predictions.labels))})
+
+        register("row_counter", count)
+
+
+@pytest.fixture
+def row_counter():
+    plugin = RowCounter()
+    plugins.pm.register(plugin, name="test-row-counter")
+    yield
+    plugins.pm.unregister(plugin)
+
+
+def test_run_prior_end_to_end(mlflow_store, tiny_source, row_counter):
+    result = CliRunner().invoke(cli, ["run", "--plugin", "prior", "--dataset", "tiny", "--tracking-uri", mlflow_store,
+                                      "--run-name", "floor", "--quiet", "-o", "evaluation.bootstrap=50"])
+    assert result.exit_code == 0, result.output
+    client, run = _only_run(mlflow_store)
+    assert f"MLflow run id: {run.info.run_id}" in result.output
+    assert run.info.status == "FINISHED" and run.info.run_name == "floor"
+    tags = run.data.tags
+    assert tags["derma.plugin"] == "prior" and tags["derma.dataset"] == "tiny"
+    assert tags["derma.dataset_digest"] == "digest-tiny-0" and tags["derma.synthetic"] == "true"
+    assert tags["derma.version"] and "derma.git_sha" in tags
+    params = run.data.params
+    assert params["plugin"] == "prior" and params["seed"] == "42" and params["data_source"] == "tiny"
+    metrics = run.data.metrics
+    # prior predicts nv (the majority) everywhere: 13 of the 35 test rows are nv
+    assert metrics["test_accuracy"] == pytest.approx(13 / 35)
+    assert "test_macro_f1" in metrics and "test_macro_f1_ci_low" in metrics
+    assert metrics["test_rows_seen"] == 35 and metrics["test_nv_predicted"] == 35  # plugin evaluator ran
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "predictions.csv", "dataset.json"} <= artifacts
+    config = tracking.load_run_config(run.info.run_id, uri=mlflow_store)
+    assert config["plugin"] == "prior" and config["evaluation"]["bootstrap"] == 50
+    preds = tracking.load_run_table(run.info.run_id, uri=mlflow_store)
+    assert list(preds.columns[:4]) == ["id", "lesion_id", "label", "predicted"]
+    assert (preds["predicted"] == "nv").all() and len(preds) == 35
+    contexts = sorted(d.tags[0].value for d in run.inputs.dataset_inputs)
+    assert contexts == ["test", "train", "val"]
+
+
+class Exploding:
+    name = "exploding"
+
+    def __init__(self, config):
+        pass
+
+    def fit(self, train, val, ctx):
+        (ctx.work_dir / "checkpoint.txt").write_text("epoch 1")
+
+    def predict(self, split, ctx):
+        raise RuntimeError("GPU fell off the bus")
+
+
+class ExplodingPlugin:
+    @hookimpl
+    def register_classifiers(self, register):
+        register("exploding", Exploding)
+
+
+@pytest.fixture
+def exploding():
+    plugin = ExplodingPlugin()
+    plugins.pm.register(plugin, name="test-exploding")
+    yield
+    plugins.pm.unregister(plugin)
+
+
+def test_failing_plugin_marks_run_failed_and_keeps_partial_results(mlflow_store, tiny_source, exploding, tmp_path):
+    result = CliRunner().invoke(cli, ["run", "--plugin", "exploding", "--dataset", "tiny", "-q"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "exploding failed: RuntimeError: GPU fell off the bus" in lines[0]
+    client, run = _only_run(mlflow_store)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["derma.error"] == "RuntimeError: GPU fell off the bus"
+    assert "error.txt" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    kept = tmp_path / "mlruns" / "work" / run.info.run_id / "checkpoint.txt"
+    assert kept.read_text() == "epoch 1" and str(kept.parent) in lines[0]
+
+
+def test_same_seed_same_metrics(mlflow_store, tiny_source):
+    from derma_core import runner
+    from derma_core.config import resolve_config
+
+    config = resolve_config("prior", overrides=["data.source=tiny", "quiet=true", "evaluation.bootstrap=100"])
+    a = runner.run(config).metrics
+    b = runner.run(config).metrics
+    assert a == b and "test_accuracy_ci_high" in a

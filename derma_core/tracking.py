@@ -195,8 +195,13 @@ class Tracker:
         import mlflow
         from mlflow.entities import DatasetInput, InputTag
 
-        ds = mlflow.data.from_pandas(frame, source=source, name=name, targets="label" if "label" in frame else None,
-                                     digest=digest)
+        import warnings
+
+        with warnings.catch_warnings():
+            # a local folder matches two of MLflow's source types; either reading is fine here
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            ds = mlflow.data.from_pandas(frame, source=source, name=name,
+                                         targets="label" if "label" in frame else None, digest=digest)
         entity = ds._to_mlflow_entity()
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(entity, tags=[
             InputTag(key=mlflow.utils.mlflow_tags.MLFLOW_DATASET_CONTEXT, value=context)])])

@@ -140,12 +140,13 @@ def plugins_new_command(name, parent):
 @click.option("--tracking-uri", help="Store to browse (default: the same as derma run).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)
-def ui_command(tracking_uri, host, port):
+@click.option("--workers", default=1, show_default=True, type=int, help="Server worker processes.")
+def ui_command(tracking_uri, host, port, workers):
     """Start the MLflow UI on derma's store (bound to 127.0.0.1 unless --host says otherwise)."""
     from . import tracking
 
     click.echo(f"MLflow UI on http://{host}:{port} for {tracking.resolve_tracking_uri(tracking_uri)}")
-    sys.exit(tracking.serve_ui(tracking_uri, host, port))
+    sys.exit(tracking.serve_ui(tracking_uri, host, port, workers))
 
 
 @hookimpl

@@ -215,6 +215,10 @@ class Tracker:
             info = mlflow.pytorch.log_model(model, name=name, input_example=input_example, **kwargs)
         return info.model_uri
 
+    def set_terminated(self, status: str = "FINISHED") -> None:
+        """End the run with ``status`` (FINISHED, FAILED or KILLED), e.g. a dead tuning worker's run."""
+        self.client.set_terminated(self.run_id, status=status)
+
     def artifact_uri(self) -> str:
         return self.client.get_run(self.run_id).info.artifact_uri
 
@@ -285,6 +289,9 @@ def start_run(
         client.set_terminated(run_id, status="KILLED")
         raise
     except BaseException as exc:
+        if type(exc).__name__ == "TrialPruned":  # a tuner stopped the trial early: not a failure
+            client.set_terminated(run_id, status="KILLED")
+            raise
         message = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
         try:
             tracker.set_tags({TAG_ERROR: message})
@@ -342,10 +349,11 @@ def load_run_config(run_id: str, uri: str | None = None) -> dict:
         return yaml.safe_load(Path(path).read_text())
 
 
-def serve_ui(uri: str | None, host: str, port: int) -> int:
+def serve_ui(uri: str | None, host: str, port: int, workers: int = 1) -> int:
     """Run ``mlflow ui`` on the same store (blocks until stopped)."""
     uri = configure(uri)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+           "--workers", str(workers)]
     if _is_local_default(uri):
         cmd += ["--default-artifact-root", (default_store_dir() / "artifacts").as_uri()]
     return subprocess.call(cmd)

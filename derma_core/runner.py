@@ -170,7 +170,7 @@ def run(
     eval_split_name = get_dotted(config, "evaluation.split", "test")
     experiment = get_dotted(config, "tracking.experiment") or dataset.name
     run_name = get_dotted(config, "tracking.run_name")
-    work_root = Path(get_dotted(config, "output.work_dir", "mlruns/work"))
+    work_root = Path(get_dotted(config, "output.work_dir", "mlruns/work")).resolve()
 
     tags = {
         tracking.TAG_PLUGIN: plugin_name,

@@ -32,14 +32,27 @@ def shared_data() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def _mlflow_template_db(tmp_path_factory) -> Path:
+    """An empty, fully migrated MLflow SQLite database, made once: creating one costs seconds."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def mlflow_store(tmp_path, monkeypatch) -> str:
+def mlflow_store(tmp_path, monkeypatch, _mlflow_template_db) -> str:
     """A fresh SQLite MLflow store in tmp_path; the cwd moves there so mlruns/ lands there too."""
+    import shutil
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DERMA_MLRUNS", str(tmp_path / "mlruns"))
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "mlruns").mkdir()
+    shutil.copy(_mlflow_template_db, tmp_path / "mlruns" / "mlflow.db")
     return uri
 
 

@@ -259,3 +259,22 @@ def test_reliability_table_matches_sklearn_calibration_curve(prob_case):
     ids = np.minimum((p.max(axis=1) * 10 - 1e-12).astype(int), 9)
     per_image = [abs(correct[ids == b].mean() - p.max(axis=1)[ids == b].mean()) for b in ids]
     assert calibration.expected_calibration_error(table) == pytest.approx(np.mean(per_image))
+
+
+def test_all_invalid_answers_do_not_crash_the_evaluators():
+    """A zero-shot VLM may answer nothing valid (the seed's p4 run had 677 invalid answers)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from derma_core.evaluation.evaluators import classification_evaluator, validity_evaluator
+    from derma_core.interfaces import Predictions, Split
+
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "label": ["nv", "mel", "bcc"], "lesion_id": ["1", "2", "3"],
+                          "image_path": ["a.jpg", "b.jpg", "c.jpg"]})
+    split = Split("test", frame, Path("."))
+    preds = Predictions(ids=["a", "b", "c"], labels=[None, None, None], raw_text=["?", "", "no idea"])
+    config = {"seed": 0, "evaluation": {"bootstrap": 20, "confidence": 0.95}}
+    result = classification_evaluator(split, preds, config)
+    assert result.metrics["accuracy"] == 0.0 and result.metrics["macro_f1"] == 0.0
+    assert validity_evaluator(split, preds, config).metrics["invalid_rate"] == 1.0

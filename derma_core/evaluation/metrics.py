@@ -144,6 +144,8 @@ def valid_confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray
     """7x7 counts over the valid answers only (what the confusion-matrix figures show)."""
     y_true, y_pred = _check(y_true, y_pred)
     valid = y_pred != INVALID
+    if not valid.any():  # every answer invalid (a zero-shot VLM can do that): nothing to count
+        return np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
     return confusion_matrix(y_true[valid], y_pred[valid], labels=CLASS_INDICES)
 
 

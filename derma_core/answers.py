@@ -1,0 +1,462 @@
+"""VQA answers: the original study's parser, a strict parser, and ``model_vqa.py`` file formats.
+
+Two parsers turn a free-text VLM answer into a label (or ``None`` = invalid):
+
+``seed``
+    exactly the original study's ``parse_to_label`` (see SEED_FACTS): first whole-token class
+    code in label order, else the first alias phrase found as a substring, else the first class
+    code found as a raw substring ("melanocytic lesion" -> mel), else invalid. A reply listing
+    several labels silently becomes the first in label order.
+``strict``
+    whole-word class codes and clinical names only; a reply naming two or more different classes,
+    or none, is invalid. Each failure kind is counted (``empty``, ``no_label``,
+    ``multiple_labels``) so a run reports why answers were rejected.
+
+Files: the question file LLaVA-Med's ``llava/eval/model_vqa.py`` reads and the answer file it
+writes, one JSON object a line (readers report malformed lines by number instead of crashing).
+This module also adds the ``derma eval-answers`` and ``derma sweep-prompts`` commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import string
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import hookimpl
+from .labels import LABELS
+
+PARSERS = ("seed", "strict")
+
+# -- the seed parser, verbatim in behaviour -----------------------------------------------------
+#: Alias phrases of the original parser, in its order (first substring hit wins).
+SEED_ALIASES: tuple[tuple[str, str], ...] = (
+    ("actinic keratosis", "akiec"), ("actinic keratoses", "akiec"), ("intraepithelial carcinoma", "akiec"),
+    ("bowen", "akiec"),
+    ("basal cell carcinoma", "bcc"),
+    ("benign keratosis", "bkl"), ("seborrheic keratosis", "bkl"), ("solar lentigo", "bkl"),
+    ("dermatofibroma", "df"),
+    ("melanoma", "mel"),
+    ("melanocytic nevus", "nv"), ("melanocytic nevi", "nv"), ("nevus", "nv"), ("nevi", "nv"),
+    ("vascular lesion", "vasc"), ("hemangioma", "vasc"),
+)
+
+_NON_ALNUM = re.compile(r"[^a-z0-9\s]")
+_SPACES = re.compile(r"\s+")
+
+
+def normalize(text: str | None) -> str:
+    """Lowercase; every char outside [a-z0-9 whitespace] becomes a space; whitespace collapsed."""
+    text = _NON_ALNUM.sub(" ", (text or "").lower())
+    return _SPACES.sub(" ", text).strip()
+
+
+def parse_to_label(text: str | None) -> str | None:
+    """The original study's parser (``parse_to_label``): a label, or None when invalid."""
+    norm = normalize(text)
+    tokens = set(norm.split())
+    for label in LABELS:  # 1. first class code, in label order, present as a whole token
+        if label in tokens:
+            return label
+    for phrase, label in SEED_ALIASES:  # 2. first alias phrase as a substring
+        if phrase in norm:
+            return label
+    for label in LABELS:  # 3. first class code as a raw substring
+        if label in norm:
+            return label
+    return None
+
+
+# -- the strict parser ---------------------------------------------------------------------------
+#: Whole-word phrases naming each class: codes, clinical names and common synonyms. "vsc" is
+#: the p4 prompt's typo for vasc, so an answer echoing the offered option still counts.
+STRICT_PHRASES: dict[str, tuple[str, ...]] = {
+    "akiec": ("akiec", "actinic keratosis", "actinic keratoses", "intraepithelial carcinoma",
+              "intraepithelial carcinomas", "bowen", "bowens", "bowen s disease", "bowen disease"),
+    "bcc": ("bcc", "basal cell carcinoma", "basal cell carcinomas"),
+    "bkl": ("bkl", "benign keratosis", "benign keratoses", "benign keratosis like lesion",
+            "benign keratosis like lesions", "seborrheic keratosis", "seborrheic keratoses",
+            "seborrhoeic keratosis", "solar lentigo", "solar lentigines", "lichen planus like keratosis",
+            "lichen planus like keratoses"),
+    "df": ("df", "dermatofibroma", "dermatofibromas"),
+    "mel": ("mel", "melanoma", "melanomas", "malignant melanoma"),
+    "nv": ("nv", "melanocytic nevus", "melanocytic nevi", "melanocytic naevus", "melanocytic naevi", "nevus",
+           "nevi", "naevus", "naevi"),
+    "vasc": ("vasc", "vsc", "vascular lesion", "vascular lesions", "angioma", "angiomas", "hemangioma",
+             "hemangiomas", "haemangioma", "angiokeratoma", "angiokeratomas", "pyogenic granuloma",
+             "pyogenic granulomas"),
+}
+_STRICT_PATTERNS = {label: re.compile(r"\b(?:" + "|".join(re.escape(p) for p in sorted(ps, key=len, reverse=True))
+                                      + r")\b") for label, ps in STRICT_PHRASES.items()}
+
+FAILURE_KINDS = ("empty", "no_label", "multiple_labels")
+
+
+def strict_parse(text: str | None) -> tuple[str | None, str | None]:
+    """``(label, None)`` when the answer names exactly one class; ``(None, failure_kind)`` otherwise."""
+    norm = normalize(text)
+    if not norm:
+        return None, "empty"
+    found = [label for label, pattern in _STRICT_PATTERNS.items() if pattern.search(norm)]
+    if not found:
+        return None, "no_label"
+    if len(found) > 1:
+        return None, "multiple_labels"
+    return found[0], None
+
+
+def parse_strict(text: str | None) -> str | None:
+    """The strict parser's label (None when invalid)."""
+    return strict_parse(text)[0]
+
+
+@dataclass
+class ParseReport:
+    """Labels parsed from answers, with counts of why answers were invalid."""
+
+    labels: list[str | None]
+    parser: str
+    failures: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_invalid(self) -> int:
+        return sum(1 for label in self.labels if label is None)
+
+    def as_info(self) -> dict[str, Any]:
+        return {"parser": self.parser, "n_invalid": self.n_invalid,
+                "failures": {k: int(self.failures.get(k, 0)) for k in FAILURE_KINDS}}
+
+
+def parse_answers(texts: Iterable[str | None], parser: str = "seed") -> ParseReport:
+    """Parse every answer with ``parser`` (``seed`` or ``strict``); failure kinds are counted for both
+    (for ``seed``, ``multiple_labels`` counts replies it resolved silently although the strict
+    reading names several classes)."""
+    if parser not in PARSERS:
+        raise ValueError(f"parser must be one of {', '.join(PARSERS)}, got {parser!r}")
+    labels: list[str | None] = []
+    failures: Counter = Counter()
+    for text in texts:
+        strict_label, kind = strict_parse(text)
+        if parser == "strict":
+            labels.append(strict_label)
+            if kind:
+                failures[kind] += 1
+        else:
+            label = parse_to_label(text)
+            labels.append(label)
+            if label is None:
+                failures["empty" if not normalize(text) else "no_label"] += 1
+            elif kind == "multiple_labels":
+                failures["multiple_labels"] += 1
+    return ParseReport(labels, parser, dict(failures))
+
+
+# -- model_vqa.py files -----------------------------------------------------------------------------
+class AnswerFileError(ValueError):
+    """A question or answer file cannot be used at all (missing, or no valid line)."""
+
+
+@dataclass
+class JsonlRead:
+    """Rows of a JSONL file plus the problems found: ``(line_number, message)``."""
+
+    rows: list[dict]
+    problems: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _read_jsonl(path: str | os.PathLike, required: dict[str, type | tuple]) -> JsonlRead:
+    path = Path(path)
+    if not path.exists():
+        raise AnswerFileError(f"{path} does not exist")
+    rows: list[dict] = []
+    problems: list[tuple[int, str]] = []
+    seen: set[str] = set()
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append((n, f"not valid JSON ({exc.msg})"))
+                continue
+            if not isinstance(obj, dict):
+                problems.append((n, "not a JSON object"))
+                continue
+            bad = [f"{k} (expected {getattr(t, '__name__', 'str or int')})" for k, t in required.items()
+                   if not isinstance(obj.get(k), t)]
+            if bad:
+                problems.append((n, f"missing or wrong field(s): {', '.join(bad)}"))
+                continue
+            qid = str(obj["question_id"])
+            if qid in seen:
+                problems.append((n, f"duplicate question_id {qid!r} (first kept)"))
+                continue
+            seen.add(qid)
+            obj["question_id"] = qid
+            rows.append(obj)
+    return JsonlRead(rows, problems)
+
+
+def read_questions(path: str | os.PathLike) -> JsonlRead:
+    """A ``model_vqa.py`` question file: question_id, image, text (and answer, the true label)."""
+    return _read_jsonl(path, {"question_id": (str, int), "image": str, "text": str})
+
+
+def read_answers(path: str | os.PathLike) -> JsonlRead:
+    """A ``model_vqa.py`` answer file: question_id, prompt, text, answer_id, model_id, metadata."""
+    return _read_jsonl(path, {"question_id": (str, int), "text": str})
+
+
+def _write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def question_row(qid: str, image: str, prompt: str, answer: str | None = None,
+                 template_id: str = "lesion_7way_v1") -> dict:
+    row: dict[str, Any] = {"question_id": qid, "image": image, "text": prompt}
+    if answer is not None:
+        row["answer"] = answer
+        row["answer_id"] = LABELS.index(answer) if answer in LABELS else None
+    row["template_id"] = template_id
+    return row
+
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def answer_row(qid: str, prompt: str, text: str, model_id: str, metadata: dict | None = None) -> dict:
+    """One line of a ``model_vqa.py`` answer file (answer_id a random 22-char id like shortuuid's)."""
+    return {"question_id": qid, "prompt": prompt, "text": text,
+            "answer_id": "".join(secrets.choice(_ALPHABET) for _ in range(22)),
+            "model_id": model_id, "metadata": metadata or {}}
+
+
+def write_questions(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    """Write a question file atomically."""
+    return _write_jsonl(path, rows)
+
+
+def write_answers(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    """Write an answer file atomically."""
+    return _write_jsonl(path, rows)
+
+
+# -- evaluation of answer files -----------------------------------------------------------------------
+@dataclass
+class AnswerEvaluation:
+    split: Any
+    predictions: Any
+    report: ParseReport
+    missing: list[str]
+    extra: list[str]
+    problems: dict[str, list[tuple[int, str]]]
+
+
+def evaluate_answer_files(questions: str | os.PathLike, answers: str | os.PathLike,
+                          parser: str = "seed") -> AnswerEvaluation:
+    """Join an answer file to its question file and parse the answers.
+
+    Questions without an answer become invalid predictions (listed in ``missing``); answers to
+    unknown questions are ignored (listed in ``extra``); malformed lines are skipped and listed
+    by line number in ``problems``."""
+    import pandas as pd
+
+    from .interfaces import Predictions, Split
+
+    q = read_questions(questions)
+    a = read_answers(answers)
+    problems = {"questions": q.problems, "answers": a.problems}
+    labelled, unlabelled = [], []
+    for row in q.rows:
+        (labelled if row.get("answer") in LABELS else unlabelled).append(row)
+    for row in unlabelled:
+        problems["questions"].append((0, f"question {row['question_id']!r} has no true label in 'answer' "
+                                         f"(one of {', '.join(LABELS)}); skipped"))
+    if not labelled:
+        raise AnswerFileError(f"{questions}: no usable question line (each needs question_id, image, text "
+                              f"and answer = one of {', '.join(LABELS)})")
+    by_id = {row["question_id"]: row for row in a.rows}
+    qids = [row["question_id"] for row in labelled]
+    missing = [qid for qid in qids if qid not in by_id]
+    qset = set(qids)
+    extra = [row["question_id"] for row in a.rows if row["question_id"] not in qset]
+    texts = [by_id[qid]["text"] if qid in by_id else None for qid in qids]
+    report = parse_answers(texts, parser)
+    labels = [None if qid not in by_id else lab for qid, lab in zip(qids, report.labels)]
+    frame = pd.DataFrame({"id": qids, "label": [row["answer"] for row in labelled],
+                          "lesion_id": [str(row.get("lesion_id", row["question_id"])) for row in labelled],
+                          "image_path": [row["image"] for row in labelled]})
+    split = Split("answers", frame, Path(questions).resolve().parent)
+    info = report.as_info()
+    info.update({"n_missing": len(missing), "n_extra": len(extra)})
+    predictions = Predictions(ids=qids, labels=labels, raw_text=[t if t is not None else "" for t in texts],
+                              info=info)
+    return AnswerEvaluation(split, predictions, report, missing, extra, problems)
+
+
+# -- commands --------------------------------------------------------------------------------------
+def _register(cli) -> None:
+    import click
+
+    @cli.command("eval-answers")
+    @click.option("--questions", "-q", required=True, type=click.Path(dir_okay=False),
+                  help="model_vqa.py question file (JSONL with question_id, image, text, answer).")
+    @click.option("--answers", "-a", required=True, type=click.Path(dir_okay=False),
+                  help="model_vqa.py answer file (JSONL with question_id, text).")
+    @click.option("--parser", type=click.Choice(PARSERS), default="seed", show_default=True)
+    @click.option("--experiment", default="answer-files", show_default=True, help="MLflow experiment.")
+    @click.option("--run-name", help="MLflow run name (default: the answer file's name).")
+    @click.option("--tracking-uri", help="MLflow tracking URI.")
+    @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+                  help="Override a core config key, e.g. -o evaluation.bootstrap=0.")
+    def eval_answers_command(questions, answers, parser, experiment, run_name, tracking_uri, overrides):
+        """Evaluate an existing model_vqa.py answer file through derma's evaluators; log an MLflow run."""
+        from . import runner, tracking
+        from .config import ConfigError, resolve_config
+
+        try:
+            config = resolve_config(None, overrides=overrides)
+            config["parser"] = parser
+            ev = evaluate_answer_files(questions, answers, parser)
+        except (ConfigError, AnswerFileError) as exc:
+            raise click.ClickException(str(exc)) from None
+        for where, items in ev.problems.items():
+            for line, message in items[:20]:
+                place = f"{questions if where == 'questions' else answers}" + (f" line {line}" if line else "")
+                click.echo(f"warning: {place}: {message}", err=True)
+            if len(items) > 20:
+                click.echo(f"warning: ... {len(items) - 20} more problems in the {where} file", err=True)
+        if ev.missing:
+            click.echo(f"warning: {len(ev.missing)} question(s) have no answer (counted invalid): "
+                       f"{', '.join(ev.missing[:10])}{' ...' if len(ev.missing) > 10 else ''}", err=True)
+        if ev.extra:
+            click.echo(f"warning: {len(ev.extra)} answer(s) match no question (ignored): "
+                       f"{', '.join(ev.extra[:10])}{' ...' if len(ev.extra) > 10 else ''}", err=True)
+        metrics, results = runner.evaluate(ev.split, ev.predictions, config)
+        tags = {tracking.TAG_KIND: "eval-answers", tracking.TAG_VERSION: None}
+        with tracking.start_run(experiment, run_name=run_name or Path(answers).name, tags=tags,
+                                uri=tracking_uri) as tracker:
+            tracker.log_params({"parser": parser, "questions": str(Path(questions).resolve()),
+                                "answers": str(Path(answers).resolve())})
+            tracker.log_dict({**ev.predictions.info, "missing": ev.missing, "extra": ev.extra,
+                              "problems": {k: [list(p) for p in v] for k, v in ev.problems.items()}},
+                             "answers_report.json")
+            tracker.log_metrics({"n_invalid": ev.report.n_invalid, "n_missing": len(ev.missing),
+                                 "n_extra": len(ev.extra),
+                                 **{f"parse_{k}": v for k, v in ev.predictions.info["failures"].items()}})
+            runner.log_evaluation(tracker, ev.split, ev.predictions, metrics, results, "test")
+            run_id = tracker.run_id
+        click.echo(f"{len(ev.predictions)} questions, {ev.report.n_invalid} invalid answers "
+                   f"({parser} parser: {ev.predictions.info['failures']})")
+        for key in ("accuracy", "macro_f1", "balanced_accuracy", "invalid_rate"):
+            if key in metrics:
+                click.echo(f"  {key:<20} {metrics[key]:.4f}")
+        click.echo(f"MLflow run id: {run_id}  (experiment {experiment!r})")
+
+    @cli.command("sweep-prompts")
+    @click.option("--plugin", "-p", "plugin", default="llava_zeroshot", show_default=True)
+    @click.option("--prompts", required=True, help="Comma-separated prompt names, e.g. p0,p1,p2,p4.")
+    @click.option("--config", "config_file", type=click.Path(dir_okay=False))
+    @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE")
+    @click.option("--metric", default="macro_f1", show_default=True,
+                  help="Metric plotted per prompt (with its bootstrap interval when available).")
+    @click.option("--experiment", help="MLflow experiment (default: the dataset name).")
+    @click.option("--tracking-uri", help="MLflow tracking URI.")
+    def sweep_prompts_command(plugin, prompts, config_file, overrides, metric, experiment, tracking_uri):
+        """Run one backend once per prompt: a parent MLflow run, a child per prompt, a sensitivity figure."""
+        from . import plugins
+        from .config import ConfigError
+
+        names = [p.strip() for p in prompts.split(",") if p.strip()]
+        known = plugins.prompt_builders()
+        unknown = [p for p in names if p not in known]
+        if not names or unknown:
+            raise click.ClickException(f"unknown prompt(s) {unknown or prompts!r}; registered: {', '.join(sorted(known))}")
+        try:
+            reg = plugins.get_classifier(plugin)
+            result = sweep_prompts(plugin, names, config_file, overrides, metric, experiment, tracking_uri,
+                                   plugin_config=reg.options.get("config"))
+        except (ConfigError, plugins.UnknownComponentError) as exc:
+            raise click.ClickException(str(exc)) from None
+        split = result["split"]
+        for row in result["rows"]:
+            ci = f" [{row['low']:.3f}, {row['high']:.3f}]" if row["low"] is not None else ""
+            click.echo(f"  {row['prompt']:<12} {split}_{metric} {row['value']:.4f}{ci}  (run {row['run_id']})")
+        click.echo(f"parent MLflow run id: {result['parent_run_id']}")
+
+
+def sweep_prompts(plugin: str, prompts: list[str], config_file=None, overrides=(), metric: str = "macro_f1",
+                  experiment: str | None = None, tracking_uri: str | None = None, plugin_config=None) -> dict:
+    """Run ``plugin`` once per prompt under one parent MLflow run; log a table and a figure there."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from . import runner, tracking
+    from .config import resolve_config
+
+    values = {"tracking.uri": tracking_uri, "tracking.experiment": experiment}
+    base = resolve_config(plugin, config_file, overrides, values, plugin_config=plugin_config)
+    split = base["evaluation"]["split"]
+    dataset = runner.load_dataset(base)
+    exp_name = base["tracking"].get("experiment") or dataset.name
+    rows = []
+    tags = {tracking.TAG_KIND: "sweep-prompts", tracking.TAG_PLUGIN: plugin, tracking.TAG_DATASET: dataset.name,
+            tracking.TAG_DATASET_DIGEST: dataset.digest}
+    with tracking.start_run(exp_name, run_name=f"sweep-prompts {plugin}", tags=tags,
+                            uri=base["tracking"].get("uri")) as parent:
+        parent.log_params({"plugin": plugin, "prompts": ",".join(prompts), "metric": metric})
+        for name in prompts:
+            config = resolve_config(plugin, config_file, list(overrides) + [f"prompt={name}"], values,
+                                    plugin_config=plugin_config)
+            config["tracking"]["run_name"] = f"{plugin} {name}"
+            result = runner.run(config, parent_run_id=parent.run_id, extra_tags={"derma.prompt": name})
+            key = f"{split}_{metric}"
+            rows.append({"prompt": name, "run_id": result.run_id, "value": result.metrics.get(key, float("nan")),
+                         "low": result.metrics.get(f"{key}_ci_low"), "high": result.metrics.get(f"{key}_ci_high"),
+                         "invalid_rate": result.metrics.get(f"{split}_invalid_rate")})
+            parent.log_metrics({f"{name}_{metric}": rows[-1]["value"]})
+        table = pd.DataFrame(rows)
+        parent.log_table(table, "prompt_sensitivity.csv")
+        fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(rows)), 3.5))
+        x = list(range(len(rows)))
+        vals = [r["value"] for r in rows]
+        has_ci = all(r["low"] is not None and r["high"] is not None for r in rows)
+        if has_ci:
+            err = [[v - r["low"] for v, r in zip(vals, rows)], [r["high"] - v for v, r in zip(vals, rows)]]
+            ax.errorbar(x, vals, yerr=err, fmt="o", capsize=4)
+        else:
+            ax.plot(x, vals, "o")
+        ax.set_xticks(x, [r["prompt"] for r in rows])
+        ax.set_ylabel(f"{split} {metric}" + (" (bootstrap CI)" if has_ci else ""))
+        ax.set_title(f"prompt sensitivity: {plugin}")
+        fig.tight_layout()
+        parent.log_figure(fig, "figures/prompt_sensitivity.png")
+        parent_id = parent.run_id
+    return {"parent_run_id": parent_id, "rows": rows, "split": split}
+
+
+@hookimpl
+def register_commands(cli):
+    _register(cli)

@@ -1,0 +1,76 @@
+"""LLaVA-Med v1.5's ``mistral_instruct`` template and its exact tokenisation.
+
+The original code (``llava/mm_utils.py: tokenizer_image_token``) splits the rendered prompt
+at ``<image>``, tokenises each piece on its own (SentencePiece adds its dummy-prefix ``▁`` to
+both) and joins them around the image placeholder. The result,
+``[1, 733, 16289, 28793, 28705, <image>, 28705, 13, ...]``, has a ``▁`` (28705) on both sides
+of the image; tokenising the whole prompt with ``<image>`` as a special token loses the second
+one and shifts every logit. :func:`encode_prompt` reproduces the chunked form, with the single
+placeholder repeated once per image patch as the native transformers model expects.
+"""
+
+from __future__ import annotations
+
+IMAGE_TOKEN = "<image>"
+IGNORE_INDEX = -100
+
+
+def render_prompt(question: str) -> str:
+    """The inference prompt: ``[INST] <image>\\n{question} [/INST]`` (BOS comes from the tokenizer)."""
+    return f"[INST] {IMAGE_TOKEN}\n{question} [/INST]"
+
+
+def render_training_turn(question: str, answer: str) -> str:
+    """A training turn: ``[INST] <image>\\n{question} [/INST] {answer}</s>``."""
+    return f"{render_prompt(question)} {answer}</s>"
+
+
+def _ids(tokenizer, text: str, add_special_tokens: bool = True) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+
+def encode_prompt(tokenizer, question: str, image_token_id: int, n_image_tokens: int) -> list[int]:
+    """Token ids of the inference prompt, tokenised in chunks as LLaVA-Med does, with
+    ``n_image_tokens`` copies of ``image_token_id`` where ``<image>`` stands."""
+    if IMAGE_TOKEN in question:
+        raise ValueError(f"the question must not contain {IMAGE_TOKEN!r} itself: the template places the image")
+    before, after = render_prompt(question).split(IMAGE_TOKEN)
+    head = _ids(tokenizer, before)
+    tail = _ids(tokenizer, after)
+    bos = tokenizer.bos_token_id
+    if bos is not None and tail and tail[0] == bos:  # only the first chunk keeps its BOS
+        tail = tail[1:]
+    return head + [image_token_id] * n_image_tokens + tail
+
+
+def encode_answer(tokenizer, answer: str, add_eos: bool = False) -> list[int]:
+    """Token ids of an answer as it follows ``[/INST]`` (SentencePiece's ``▁`` prefix included)."""
+    ids = _ids(tokenizer, answer, add_special_tokens=False)
+    if add_eos:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def encode_training_example(tokenizer, question: str, answer: str, image_token_id: int,
+                            n_image_tokens: int) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)`` for ``[INST] <image>\\n{q} [/INST] {answer}</s>``: only the answer
+    tokens and EOS carry loss (labels are -100 everywhere else)."""
+    prompt = encode_prompt(tokenizer, question, image_token_id, n_image_tokens)
+    target = encode_answer(tokenizer, answer, add_eos=True)
+    return prompt + target, [IGNORE_INDEX] * len(prompt) + target
+
+
+def n_image_tokens_for(model_config) -> int:
+    """Image placeholder tokens per image for a LlavaConfig (576 for CLIP ViT-L/14 at 336 px)."""
+    vision = model_config.vision_config
+    n = (vision.image_size // vision.patch_size) ** 2
+    return n + (1 if model_config.vision_feature_select_strategy == "full" else 0)
+
+
+def build_question(config: dict) -> str:
+    """The question text for the config's ``prompt`` (through the prompt-builder registry)."""
+    from derma_core import plugins
+    from derma_core.labels import LABELS
+
+    builder = plugins.get_prompt_builder(config.get("prompt") or "p1")
+    return builder(LABELS)

@@ -209,7 +209,8 @@ def resolve_config(
         plugin_config = candidate if candidate.exists() else None
     if plugin_config is not None:
         layers.append(Path(plugin_config))
-    config, schema = build_schema(layers)
+    defaults, schema = build_schema(layers)
+    config = copy.deepcopy(defaults)  # the schema keeps the declared defaults, unchanged by overrides
     if config_file is not None:
         user, _, _ = _split_meta(load_yaml(config_file))
         schema.validate(user, str(config_file))

@@ -90,3 +90,9 @@ def test_print_config_shows_resolved_config_and_cli_refuses_bad_keys():
     assert result.exit_code == 2
     assert "unknown key 'evaluation.bootstrapp'" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_an_override_does_not_change_the_schema(config_dir):
+    """-o train.lr=1 (an int for a float key) must not make a later float override invalid."""
+    config = resolve_config("demo", None, ["train.lr=1", "train.lr=0.5"])
+    assert config["train"]["lr"] == 0.5

@@ -1,0 +1,349 @@
+"""LoRA/QLoRA training glue: supervised examples, collator, peft wrapping and a Trainer subclass.
+
+Everything here follows LLaVA-Med v1.5's own template: an example is the training turn
+``[INST] <image>\\n{question} [/INST] {answer}</s>`` tokenised exactly as inference tokenises the
+prompt (:func:`derma_llava_med.prompting.encode_training_example`), so the fine-tuned model is
+evaluated with the template it learnt. Only the answer tokens and EOS carry loss.
+
+The training loop itself is transformers' :class:`~transformers.Trainer`; the subclass here adds
+what it lacks: a separate learning rate for the projector, per-class weighting of the answer-token
+loss, a class-balanced sampler, and validation by label scoring (macro-F1) every epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from derma_core.interfaces import Split
+from derma_core.labels import LABELS, NUM_CLASSES
+
+from .prompting import IGNORE_INDEX, encode_training_example
+
+log = logging.getLogger(__name__)
+
+#: The language model's linear layers (Mistral/Llama names) LoRA may wrap.
+LM_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+#: The module trained in full (peft ``modules_to_save``) with its own learning rate.
+PROJECTOR = "multi_modal_projector"
+_ATTN = {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
+# -- peft -------------------------------------------------------------------------------------
+def lora_target_regex(names: Sequence[str]) -> str:
+    """A peft ``target_modules`` regex matching ``names`` inside the language model's decoder
+    layers only. CLIP's attention also has ``q_proj``/``k_proj``/``v_proj``: a plain list of
+    names would wrap the (frozen) vision tower too, which the regex rules out."""
+    names = list(names)
+    unknown = [n for n in names if n not in LM_LINEAR_LAYERS]
+    if not names or unknown:
+        raise ValueError(f"lora.target_modules: unknown {unknown or 'empty list'}; choose from "
+                         f"{', '.join(LM_LINEAR_LAYERS)}")
+    attn = [n for n in names if n in _ATTN]
+    mlp = [n for n in names if n not in _ATTN]
+    parts = []
+    if attn:
+        parts.append(rf"self_attn\.(?:{'|'.join(attn)})")
+    if mlp:
+        parts.append(rf"mlp\.(?:{'|'.join(mlp)})")
+    return rf"(?:.*\.)?language_model\.layers\.\d+\.(?:{'|'.join(parts)})"
+
+
+def build_lora_model(model, *, r: int, alpha: float, dropout: float, target_modules: Sequence[str],
+                     quantized: bool, gradient_checkpointing: bool):
+    """Wrap ``model`` (a ``LlavaForConditionalGeneration``) with peft LoRA on the language model's
+    linear layers and a trainable copy of the projector (``modules_to_save``).
+
+    Quantised models go through ``prepare_model_for_kbit_training`` first (the QLoRA recipe:
+    frozen 4-bit base, norms and other small float weights upcast to fp32). Trainable weights are
+    kept in fp32 so bf16/fp16 mixed precision updates them without loss of precision.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    gc_kwargs = {"use_reentrant": False}
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=gc_kwargs)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if gradient_checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=gc_kwargs)
+    if gradient_checkpointing:
+        # The frozen embeddings give checkpointed blocks inputs without grad; this keeps the graph.
+        model.enable_input_require_grads()
+        model.config.use_cache = False
+    lora = LoraConfig(r=int(r), lora_alpha=float(alpha), lora_dropout=float(dropout),
+                      target_modules=lora_target_regex(target_modules), modules_to_save=[PROJECTOR],
+                      bias="none", task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, lora)
+    for p in peft_model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return peft_model
+
+
+def trainable_summary(model) -> dict[str, int]:
+    """Counts of trainable parameters: LoRA, projector, anything else (should be 0), total."""
+    out = {"lora": 0, "projector": 0, "other": 0, "total_params": 0}
+    for name, p in model.named_parameters():
+        out["total_params"] += p.numel()
+        if not p.requires_grad:
+            continue
+        if "lora_" in name:
+            out["lora"] += p.numel()
+        elif PROJECTOR in name:
+            out["projector"] += p.numel()
+        else:
+            out["other"] += p.numel()
+    return out
+
+
+# -- class imbalance ----------------------------------------------------------------------------
+CLASS_WEIGHTING_MODES = ("none", "balanced")
+
+
+def class_weights(y: np.ndarray, mode: str | None, cap: float | None = None) -> np.ndarray | None:
+    """Per-class weights from train label indices: ``balanced`` is ``N / (K * count_c)`` (sklearn's
+    ``compute_class_weight``, the seed CNN's formula), optionally capped at ``cap``; ``none`` -> None.
+    A class absent from train gets weight 0 (it has no examples to weight)."""
+    if mode in (None, "none"):
+        return None
+    if mode != "balanced":
+        raise ValueError(f"class_weighting.mode must be one of {', '.join(CLASS_WEIGHTING_MODES)}, got {mode!r}")
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.asarray(y, dtype=np.int64)
+    present = np.unique(y)
+    weights = np.zeros(NUM_CLASSES, dtype=np.float64)
+    weights[present] = compute_class_weight("balanced", classes=present, y=y)
+    if cap is not None:
+        weights = np.minimum(weights, float(cap))
+    return weights
+
+
+# -- data ---------------------------------------------------------------------------------------
+class LlavaTrainingDataset:
+    """Supervised examples of one split: the training turn for the row's label, and its image.
+
+    The prompt is the same for every row, so the seven possible token sequences are encoded once.
+    Images go through the processor's image processor (pad to square, resize, normalise).
+    """
+
+    def __init__(self, split: Split, tokenizer, image_processor, question: str, image_token_id: int,
+                 n_image_tokens: int, max_length: int | None = None, answers: dict[str, str] | None = None) -> None:
+        self.split = split
+        self.image_processor = image_processor
+        self.y = split.y
+        if (self.y < 0).any():
+            bad = split.frame.loc[self.y < 0, ["id", "label"]].iloc[0]
+            raise ValueError(f"split {split.name!r} row id={bad['id']}: label {bad['label']!r} is not one of "
+                             f"{', '.join(LABELS)}")
+        answers = answers or {label: label for label in LABELS}
+        self.encoded: list[tuple[list[int], list[int]]] = []
+        for label in LABELS:
+            ids, labels = encode_training_example(tokenizer, question, answers[label], image_token_id, n_image_tokens)
+            if max_length is not None and len(ids) > max_length:
+                raise ValueError(
+                    f"train.max_length={max_length} is shorter than a training example ({len(ids)} tokens: "
+                    f"{n_image_tokens} image tokens + prompt + answer {answers[label]!r}); raise train.max_length "
+                    "(examples are never truncated: cutting the answer would train on a wrong target)")
+            self.encoded.append((ids, labels))
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import torch
+
+        y = int(self.y[i])
+        ids, labels = self.encoded[y]
+        pixels = self.image_processor(images=[self.split.load_image(i)], return_tensors="pt")["pixel_values"][0]
+        return {"input_ids": torch.tensor(ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long),
+                "pixel_values": pixels, "class_index": y}
+
+
+class LlavaCollator:
+    """Right-pads a batch (loss positions are unaffected: padding comes after EOS and carries no loss)."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = int(pad_token_id)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        n = len(features)
+        input_ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((n, width), dtype=torch.long)
+        for k, f in enumerate(features):
+            m = len(f["input_ids"])
+            input_ids[k, :m] = f["input_ids"]
+            labels[k, :m] = f["labels"]
+            attention[k, :m] = 1
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
+                "pixel_values": torch.stack([f["pixel_values"] for f in features]),
+                "class_index": torch.tensor([f["class_index"] for f in features], dtype=torch.long)}
+
+
+# -- trainer --------------------------------------------------------------------------------------
+def make_trainer_class():
+    """The Trainer subclass (built lazily so importing this module does not import transformers)."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import Trainer
+
+    class LlavaLoraTrainer(Trainer):
+        """transformers' Trainer with a projector learning rate, class-weighted answer loss,
+        an optional class-balanced sampler and label-scoring validation metrics.
+
+        ``label_scorer(model) -> {"macro_f1": ..., ...}`` runs after every evaluation pass; its
+        metrics join the ``eval_`` metrics, so ``metric_for_best_model="macro_f1"`` selects on it.
+        """
+
+        def __init__(self, *args, projector_lr: float | None = None, class_weights: np.ndarray | None = None,
+                     balanced_sampler: bool = False, label_scorer: Callable | None = None, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.projector_lr = projector_lr
+            self.loss_class_weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+            self.balanced_sampler = balanced_sampler
+            self.label_scorer = label_scorer
+            # compute_loss below normalises by the token count of the whole accumulated batch
+            # (num_items_in_batch), as the model's own loss does; tell Trainer so it counts them.
+            self.model_accepts_loss_kwargs = True
+
+        # optimizer with two learning rates -------------------------------------------------
+        def create_optimizer(self, model=None):
+            if self.optimizer is not None:
+                return self.optimizer
+            opt_model = self.model if model is None else model
+            decay = set(self.get_decay_parameter_names(opt_model))
+            groups: dict[tuple[bool, bool], list] = {}
+            for name, p in opt_model.named_parameters():
+                if not p.requires_grad:
+                    continue
+                groups.setdefault((PROJECTOR in name, name in decay), []).append(p)
+            projector_lr = self.projector_lr if self.projector_lr is not None else self.args.learning_rate
+            param_groups = []
+            for (is_projector, decays), params in sorted(groups.items()):
+                param_groups.append({"params": params, "weight_decay": self.args.weight_decay if decays else 0.0,
+                                     "lr": projector_lr if is_projector else self.args.learning_rate})
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            optimizer_kwargs = {k: v for k, v in optimizer_kwargs.items() if k not in {"params", "model"}}
+            optimizer_kwargs.pop("lr", None)  # every group carries its own
+            self.optimizer = optimizer_cls(param_groups, lr=self.args.learning_rate, **optimizer_kwargs)
+            return self.optimizer
+
+        # sampler ---------------------------------------------------------------------------
+        def _get_train_sampler(self, train_dataset=None):
+            if not self.balanced_sampler:
+                return super()._get_train_sampler(train_dataset)
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            y = np.asarray(dataset.y)
+            counts = np.bincount(y, minlength=NUM_CLASSES).astype(np.float64)
+            weights = 1.0 / counts[y]
+            # Draws from torch's global RNG, which Trainer seeds and restores on resume.
+            return torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double),
+                                                          num_samples=len(y), replacement=True)
+
+        # loss ------------------------------------------------------------------------------
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs = dict(inputs)
+            labels = inputs.pop("labels")
+            class_index = inputs.pop("class_index", None)
+            # Project onto the vocabulary only where an answer token is predicted: from the
+            # position before the batch's first answer token on (the 576 image and the prompt
+            # positions carry no loss). Saves most of the lm_head work and logits memory.
+            has_target = labels.ne(IGNORE_INDEX).any(dim=0).nonzero()
+            first = max(1, int(has_target[0])) if len(has_target) else labels.shape[1] - 1
+            outputs = model(**inputs, use_cache=False, logits_to_keep=labels.shape[1] - first + 1)
+            logits = outputs.logits[:, :-1, :]
+            target = labels[:, first:].to(logits.device)
+            token_loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                         ignore_index=IGNORE_INDEX, reduction="none").view_as(target)
+            if model.training and self.loss_class_weights is not None and class_index is not None:
+                w = self.loss_class_weights.to(token_loss.device)[class_index.to(token_loss.device)]
+                token_loss = token_loss * w.unsqueeze(1)
+            total = token_loss.sum()
+            if num_items_in_batch is not None:
+                loss = total / num_items_in_batch
+                if self.args.average_tokens_across_devices:
+                    # Trainer sums the token count over processes and DDP averages gradients.
+                    loss = loss * self.accelerator.num_processes
+            else:
+                loss = total / target.ne(IGNORE_INDEX).sum().clamp(min=1)
+            return (loss, outputs) if return_outputs else loss
+
+        # validation ------------------------------------------------------------------------
+        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                            metric_key_prefix="eval"):
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only=prediction_loss_only,
+                                             ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+            if self.label_scorer is not None:
+                model = self.accelerator.unwrap_model(self.model)
+                was_training = model.training
+                model.eval()
+                try:
+                    extra = self.label_scorer(model)
+                finally:
+                    model.train(was_training)
+                for key, value in extra.items():
+                    output.metrics[f"{metric_key_prefix}_{key}"] = value
+            return output
+
+    return LlavaLoraTrainer
+
+
+def make_run_context_callback(ctx, extra_epoch_metrics: Callable[[], dict] | None = None):
+    """A TrainerCallback that logs into the core's MLflow run through ``ctx`` (no second run):
+    per-step ``train_step_loss``/``learning_rate`` at step = global step, and per epoch
+    ``train_loss``, ``val_loss``, ``val_macro_f1``... via ``ctx.report_epoch`` (which a tuner may
+    use to prune: :class:`derma_core.interfaces.TrialPruned` propagates out of training)."""
+    from transformers import TrainerCallback
+
+    class RunContextCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self._losses: list[float] = []
+            self.epochs_reported: list[int] = []
+            #: (epoch, metrics) as reported to the run, epoch 0 included when evaluated.
+            self.history: list[tuple[int, dict]] = []
+            self.first_step: int | None = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.first_step is None:
+                self.first_step = state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" in logs and "eval_loss" not in logs:
+                self._losses.append(float(logs["loss"]))
+                step_metrics = {"train_step_loss": float(logs["loss"])}
+                if "learning_rate" in logs:
+                    step_metrics["learning_rate"] = float(logs["learning_rate"])
+                if logs.get("grad_norm") is not None and math.isfinite(float(logs["grad_norm"])):
+                    step_metrics["grad_norm"] = float(logs["grad_norm"])
+                ctx.log_metrics(step_metrics, step=state.global_step)
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            metrics = metrics or {}
+            epoch = int(round(state.epoch or 0))
+            out = {}
+            if self._losses:
+                out["train_loss"] = float(np.mean(self._losses))
+            self._losses = []
+            for key, value in metrics.items():
+                if key.startswith("eval_") and isinstance(value, (int, float)) and not key.endswith(
+                        ("_runtime", "_per_second")):
+                    out["val_" + key[len("eval_"):]] = float(value)
+            if extra_epoch_metrics is not None:
+                out.update(extra_epoch_metrics())
+            self.epochs_reported.append(epoch)
+            self.history.append((epoch, out))
+            ctx.report_epoch(epoch, out)
+
+    return RunContextCallback()

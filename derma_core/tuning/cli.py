@@ -1,0 +1,295 @@
+"""The ``derma tune`` command."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import click
+import yaml
+
+from .space import (PRUNERS, SAMPLERS, TuneError, _check_value, apply_values, load_space, parse_space,
+                    plugin_schema, validate_space)
+from .study import (ATTR_EXPERIMENT, ATTR_PARENT_RUN, ATTR_RUN_ID, ATTR_SETTINGS, DEFAULT_DIRECTION,
+                    DEFAULT_METRIC, TAG_KIND, TAG_STUDY, Objective, StaleTrialHandler,
+                    _differences, best_config_yaml, fail_dead_local_trials, make_pruner, make_sampler,
+                    make_storage, open_study, redact, summarize, wait_for_settings)
+
+
+# -- the command --------------------------------------------------------------------------------
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _resolve_base(plugin: str, config_file, overrides, values: dict) -> dict:
+    from .. import plugins
+    from ..config import resolve_config
+
+    reg = plugins.get_classifier(plugin)
+    return resolve_config(plugin, config_file, overrides, values, plugin_config=reg.options.get("config"))
+
+
+def _resolve_stored(settings: dict, overrides, values: dict) -> dict:
+    """The stored base config of a study, with this worker's overrides (machine paths) on top."""
+    from ..config import dump_config
+
+    stored = copy.deepcopy(settings["base_config"])
+    stored.pop("plugin", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "study.yaml"
+        path.write_text(dump_config(stored))
+        return _resolve_base(settings["plugin"], path, overrides, values)
+
+
+@click.command("tune")
+@click.option("--plugin", "-p", help="Backend to tune (see `derma plugins`); stored in the study for --resume/--best.")
+@click.option("--space", "space_file", type=click.Path(dir_okay=False),
+              help="Search space YAML (default: configs/tune/PLUGIN.yaml).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML overriding the backend's defaults.")
+@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one config key (repeatable).")
+@click.option("--trials", "n_trials", type=click.IntRange(min=0), help="Trials this process runs (default 20; several workers each run this many).")
+@click.option("--timeout", type=click.FloatRange(min=0), help="Stop starting trials after this many seconds.")
+@click.option("--study-name", help="Optuna study (default: tune-PLUGIN). Workers with the same name and storage share it.")
+@click.option("--storage", help="Optuna storage: a journal file (default mlruns/optuna.journal) or an SQLAlchemy URL "
+                                "such as postgresql+psycopg2://user:pw@host/db for several machines.")
+@click.option("--sampler", type=click.Choice(SAMPLERS), help="Sampler (default tpe, or the space file's).")
+@click.option("--pruner", type=click.Choice(PRUNERS), help="Pruner (default median, or the space file's).")
+@click.option("--metric", help=f"Validation metric to optimise (default {DEFAULT_METRIC}, or the space file's).")
+@click.option("--direction", type=click.Choice(["maximize", "minimize"]), help="Default maximize, or the space file's.")
+@click.option("--resume", is_flag=True, help="Continue an existing study with its stored plugin, space and config.")
+@click.option("--best", "show_best", is_flag=True, help="Print the best trial's config YAML and write it to --output; run no trial.")
+@click.option("--output", type=click.Path(dir_okay=False), help="Where --best writes (default STUDY-best.yaml).")
+@click.option("--dataset", help="Dataset source (data.source).")
+@click.option("--data-dir", help="Prepared folder from `derma prep` (data.dir).")
+@click.option("--experiment", help="MLflow experiment (default: the dataset name).")
+@click.option("--tracking-uri", help="MLflow tracking URI; use one `mlflow server` for all workers.")
+@click.option("--seed", type=int, help="Training seed of every trial (config key seed).")
+@click.option("--sampler-seed", type=int, help="Seed of the sampler (reproducible single-worker studies).")
+@click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--heartbeat-interval", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Seconds between trial heartbeats (database storage).")
+@click.option("--grace-period", type=click.IntRange(min=1), default=60, show_default=True,
+              help="A running trial without a heartbeat for this long is failed and retried.")
+@click.option("--max-retry", type=click.IntRange(min=0), default=2, show_default=True,
+              help="How often a trial of a dead worker is queued again.")
+@click.option("--log-models", is_flag=True, help="Also log each trial's model (off: the --best config's run logs it).")
+@click.option("--quiet", "-q", is_flag=True, help="No per-trial lines.")
+def tune_command(plugin, space_file, config_file, overrides, n_trials, timeout, study_name, storage, sampler, pruner,
+                 metric, direction, resume, show_best, output, dataset, data_dir, experiment, tracking_uri, seed,
+                 sampler_seed, device, heartbeat_interval, grace_period, max_retry, log_models, quiet):
+    """Search hyperparameters with Optuna; every trial is an MLflow run nested under the study's run.
+
+    Trials are evaluated on the validation split only. Several `derma tune` processes (on several
+    machines) with the same --study-name, --storage and --tracking-uri work on one study.
+    """
+    import optuna
+
+    from .. import plugins, runner, tracking
+    from ..config import ConfigError, configs_dir
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # tune prints one line per trial with its run id; MLflow would add two URL lines per run
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if resume and show_best:
+        _fail("--resume and --best do not go together")
+    if not study_name:
+        if not plugin:
+            _fail("give --plugin (the study is then tune-PLUGIN) or --study-name")
+        study_name = f"tune-{plugin}"
+    values = {"data.source": dataset, "data.dir": data_dir, "tracking.experiment": experiment,
+              "tracking.uri": tracking_uri, "seed": seed, "device": device}
+    handler = StaleTrialHandler(max_retry)
+    try:
+        store, store_url = make_storage(storage, heartbeat_interval, grace_period, handler)
+    except TuneError as exc:
+        _fail(str(exc))
+
+    # -- --best and --resume work from what the study stored ------------------------------
+    if show_best or resume:
+        try:
+            study, _ = open_study(store, study_name, direction or DEFAULT_DIRECTION, None, None, create=False)
+        except TuneError as exc:
+            _fail(f"{exc} (storage {redact(store_url)})")
+        attrs = study.user_attrs
+        if ATTR_SETTINGS not in attrs:
+            _fail(f"study {study_name!r} was not made by `derma tune` (it has no derma settings)")
+        settings = attrs[ATTR_SETTINGS]
+        if plugin and plugin != settings["plugin"]:
+            _fail(f"study {study_name!r} tunes plugin {settings['plugin']!r}, not {plugin!r}")
+        if show_best:
+            try:
+                text = best_config_yaml(study, settings)
+            except TuneError as exc:
+                _fail(str(exc), 1)
+            path = Path(output or f"{study_name}-best.yaml")
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+            click.echo(text, nl=False)
+            click.echo(f"# written to {path}", err=True)
+            return
+        plugin = settings["plugin"]
+        space = parse_space(settings["space"], settings.get("space_file", "<stored space>"))
+        for name, given, stored in (("--metric", metric, settings["metric"]), ("--direction", direction, settings["direction"])):
+            if given and given != stored:
+                _fail(f"{name} {given} differs from the study's {stored}")
+        try:
+            base = _resolve_stored(settings, overrides, values) if (overrides or any(v is not None for v in values.values())) \
+                else settings["base_config"]
+            _, schema = plugin_schema(plugin)
+        except (ConfigError, plugins.UnknownComponentError) as exc:
+            _fail(str(exc).strip("'\""))
+        settings = dict(settings, base_config=base)
+    else:
+        if not plugin:
+            _fail(f"--plugin is required; installed: {', '.join(sorted(plugins.classifiers()))}")
+        path = Path(space_file) if space_file else configs_dir() / "tune" / f"{plugin}.yaml"
+        if not path.exists():
+            _fail(f"no search space: {path} does not exist; pass --space FILE")
+        try:
+            space = load_space(path)
+            if space.raw.get("plugin") not in (None, plugin):
+                raise TuneError(f"{path}: this space is for plugin {space.raw['plugin']!r}, not {plugin!r}")
+            base = _resolve_base(plugin, config_file, overrides, values)
+            defaults, schema = plugin_schema(plugin)
+            for key, value in space.fixed.items():
+                _check_value(schema, defaults, key, value, f"{path}: fixed.{key}")
+            base = apply_values(base, space.fixed)
+            validate_space(space, schema, defaults, base)
+        except (TuneError, ConfigError, plugins.UnknownComponentError) as exc:
+            _fail(str(exc).strip("'\""))
+        settings = {"plugin": plugin, "metric": metric or space.metric or DEFAULT_METRIC,
+                    "direction": direction or space.direction or DEFAULT_DIRECTION,
+                    "space": space.raw, "space_file": str(path), "base_config": base}
+
+    # --resume keeps the sampler and pruner the study was started with unless told otherwise
+    sampler_name = sampler or settings.get("sampler") or space.sampler or "tpe"
+    pruner_name = pruner or settings.get("pruner") or (space.pruner or {}).get("name", "median")
+    settings.setdefault("sampler", sampler_name)
+    settings.setdefault("pruner", pruner_name)
+    try:
+        study_sampler = make_sampler(sampler_name, space, sampler_seed)
+    except TuneError as exc:
+        _fail(str(exc))
+    study_pruner = make_pruner(pruner_name, space.pruner)
+    uri = tracking.resolve_tracking_uri(tracking_uri or base.get("tracking", {}).get("uri"))
+    handler.tracking_uri = uri
+    if not resume:
+        # everything that can fail goes before the study exists, so a failed start leaves no half-made study
+        try:
+            exp_name = base.get("tracking", {}).get("experiment") or runner.load_dataset(base).name
+        except Exception as exc:
+            _fail(f"cannot load the dataset to name the MLflow experiment: {str(exc).splitlines()[0]}", 1)
+        try:
+            tracking.ensure_experiment(exp_name, tracking.configure(uri))
+        except Exception as exc:
+            _fail(f"cannot use the MLflow tracking store {redact(uri)}: {str(exc).splitlines()[0]}", 1)
+
+    study, created = open_study(store, study_name, settings["direction"], study_sampler, study_pruner, create=not resume)
+    parent_id = None
+    if created:
+        study.set_user_attr(ATTR_SETTINGS, settings)
+        study.set_user_attr(ATTR_EXPERIMENT, exp_name)
+    else:
+        try:
+            attrs = wait_for_settings(study)
+        except TuneError as exc:
+            _fail(str(exc))
+        stored = attrs[ATTR_SETTINGS]
+        if not resume:
+            for key in ("plugin", "metric", "direction", "space"):
+                if stored[key] != settings[key]:
+                    _fail(f"study {study_name!r} already exists with a different {key}; use the same options on every "
+                          "worker, `--resume` to continue it as stored, or another --study-name")
+            diff = _differences(stored["base_config"], settings["base_config"])
+            if diff:
+                _fail(f"study {study_name!r} was started with a different config at {', '.join(diff[:8])}; every worker "
+                      "must use the same config (only machine paths may differ), or use --resume")
+        exp_name = attrs[ATTR_EXPERIMENT]
+        parent_id = attrs.get(ATTR_PARENT_RUN)  # None: its creator died before making the parent run
+        if parent_id is not None:
+            try:
+                tracking.get_run(parent_id, uri)
+            except Exception:
+                _fail(f"the study's parent MLflow run {parent_id} is not in {redact(uri)}: every worker must use the "
+                      "same tracking server (--tracking-uri or MLFLOW_TRACKING_URI)")
+    if parent_id is None:
+        parent_ctx = tracking.start_run(exp_name, run_name=study_name, uri=uri, tags={
+            TAG_KIND: "tune_study", TAG_STUDY: study_name, tracking.TAG_PLUGIN: settings["plugin"],
+            "derma.optuna_storage": redact(store_url), tracking.TAG_VERSION: _version(), tracking.TAG_GIT_SHA: tracking.git_sha()})
+    else:
+        parent_ctx = tracking.start_run(exp_name, uri=uri, resume_run_id=parent_id)
+
+    dead = fail_dead_local_trials(study, handler)
+    trials = 20 if n_trials is None and timeout is None else n_trials
+    with parent_ctx as parent:
+        if parent_id is None:
+            study.set_user_attr(ATTR_PARENT_RUN, parent.run_id)
+            parent.log_params({"study_name": study_name, "plugin": settings["plugin"], "metric": settings["metric"],
+                               "direction": settings["direction"], "sampler": sampler_name, "pruner": pruner_name})
+            parent.log_text(yaml.safe_dump(settings["space"], sort_keys=False), "search_space.yaml")
+            from ..config import dump_config
+
+            parent.log_text(dump_config(settings["base_config"]), "base_config.yaml")
+        if not quiet:
+            how = "created" if created else "joined"
+            click.echo(f"study {study_name!r} {how} in {redact(store_url)}; parent MLflow run {parent.run_id} "
+                       f"(experiment {exp_name!r}); optimising {settings['metric']} ({settings['direction']})")
+            if dead:
+                click.echo(f"trials {dead} of dead local workers marked FAIL and queued again")
+        objective = Objective(space, settings, schema, parent_run_id=parent.run_id, experiment=exp_name,
+                              tracking_uri=uri, log_models=log_models, quiet=True)
+        callbacks = [] if quiet else [_echo_trial(settings["metric"])]
+        error: BaseException | None = None
+        try:
+            study.optimize(objective, n_trials=trials, timeout=timeout, catch=(runner.RunError,), callbacks=callbacks)
+        except (TuneError, plugins.UnknownComponentError, ConfigError) as exc:
+            error = exc
+        finally:
+            try:
+                summarize(study, parent, settings)
+            except Exception as exc:
+                click.echo(f"warning: could not summarise the study on the parent run: {str(exc).splitlines()[0]}", err=True)
+        if error is not None:
+            parent.set_tags({tracking.TAG_ERROR: str(error)})
+    if error is not None:
+        _fail(str(error).strip("'\""), 1)
+    if not quiet:
+        _echo_best(study, settings["metric"])
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _echo_trial(metric: str) -> Callable:
+    def callback(study, trial) -> None:
+        value = f"{metric} = {trial.value:.4f}" if trial.value is not None else ""
+        last = [v for v in trial.intermediate_values.values()]
+        if trial.state.name == "PRUNED" and last:
+            value = f"stopped at epoch {max(trial.intermediate_values)} ({metric} = {last[-1]:.4f})"
+        run = trial.user_attrs.get(ATTR_RUN_ID, "-")
+        click.echo(f"trial {trial.number:>3} {trial.state.name:<8} {value}  params {json.dumps(trial.params)}  run {run}")
+    return callback
+
+
+def _echo_best(study, metric: str) -> None:
+    from optuna.trial import TrialState
+
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        click.echo("no completed trial yet")
+        return
+    best = study.best_trial
+    click.echo(f"best: trial {best.number}, {metric} = {best.value:.4f}, params {json.dumps(best.params)} "
+               f"(run {best.user_attrs.get(ATTR_RUN_ID)}); `derma tune --study-name {study.study_name} --best` writes its config")
+

@@ -255,6 +255,8 @@ class RunContext:
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
         self.work_dir = Path(self.work_dir)
+        self.logged_steps: dict[str, int] = {}  # metric -> highest step logged so far
+
 
     @property
     def is_main_process(self) -> bool:
@@ -270,6 +272,14 @@ class RunContext:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self.is_main_process:
             self.tracker.log_metrics(metrics, step=step)
+            for key in metrics:
+                self.logged_steps[key] = max(self.logged_steps.get(key, 0), step or 0)
+
+    def final_step(self, keys: Iterable[str]) -> int:
+        """The step at which final metrics named ``keys`` must be logged so that MLflow shows
+        them, not a per-epoch value of the same name, as the run's latest value."""
+        steps = [self.logged_steps[k] for k in keys if k in self.logged_steps]
+        return max(steps) + 1 if steps else 0
 
     def report_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """Log per-epoch metrics (``step`` = epoch) and tell a tuner; may raise TrialPruned."""

@@ -129,10 +129,10 @@ def evaluate(split: Split, predictions: Predictions, config: dict) -> tuple[dict
 
 
 def log_evaluation(tracker: tracking.Tracker, split: Split, predictions: Predictions,
-                   metrics: dict[str, float], results: list, prefix: str) -> dict[str, float]:
+                   metrics: dict[str, float], results: list, prefix: str, step: int = 0) -> dict[str, float]:
     """Log prefixed metrics, tables, figures and the predictions table of an evaluated split."""
     prefixed = {f"{prefix}_{k}": v for k, v in metrics.items()}
-    tracker.log_metrics(prefixed)
+    tracker.log_metrics(prefixed, step=step)
     for _, result in results:
         for tname, table in result.tables.items():
             tracker.log_table(table, f"tables/{prefix}_{tname}.csv")
@@ -243,7 +243,8 @@ def _run_body(config, reg, dataset: Dataset, tracker: tracking.Tracker, run_id: 
     metrics, results = evaluate(eval_split, predictions, config)
     if predictions.info:
         tracker.log_dict(_jsonable(predictions.info), f"{eval_split_name}_prediction_info.json")
-    prefixed = log_evaluation(tracker, eval_split, predictions, metrics, results, eval_split_name)
+    step = ctx.final_step(f"{eval_split_name}_{k}" for k in metrics)
+    prefixed = log_evaluation(tracker, eval_split, predictions, metrics, results, eval_split_name, step)
     if get_dotted(config, "tracking.log_model", True) and hasattr(classifier, "log_model"):
         classifier.log_model(ctx)
     return RunResult(run_id, experiment, prefixed, predictions, work_dir)

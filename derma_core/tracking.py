@@ -60,6 +60,8 @@ def configure(uri: str | None = None) -> str:
     # MLflow's INFO chatter (database migrations) would drown derma's own one-line output
     for name in ("mlflow.store.db.utils", "alembic", "mlflow.tracking"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow prints two "view run at" URL lines per run against a server: derma prints its own
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     uri = resolve_tracking_uri(uri)
     if _is_local_default(uri):
         (default_store_dir() / "artifacts").mkdir(parents=True, exist_ok=True)

@@ -117,3 +117,46 @@ def test_same_seed_same_metrics(mlflow_store, tiny_source):
     a = runner.run(config).metrics
     b = runner.run(config).metrics
     assert a == b and "test_accuracy_ci_high" in a
+
+
+class EpochReporter:
+    """Reports a per-epoch val_accuracy of 0.9 that the final evaluation must not be hidden by."""
+
+    name = "epoch_reporter"
+
+    def __init__(self, config):
+        pass
+
+    def fit(self, train, val, ctx):
+        for epoch in range(3):
+            ctx.report_epoch(epoch, {"val_accuracy": 0.9})
+
+    def predict(self, split, ctx):
+        return Predictions(ids=split.ids, labels=["akiec"] * len(split))
+
+
+class EpochReporterPlugin:
+    @hookimpl
+    def register_classifiers(self, register):
+        register("epoch_reporter", EpochReporter)
+
+
+def test_final_val_metrics_are_the_latest_values(mlflow_store, tiny_source):
+    from derma_core import runner
+    from derma_core.config import resolve_config
+
+    plugin = EpochReporterPlugin()
+    plugins.pm.register(plugin, name="test-epoch-reporter")
+    try:
+        config = resolve_config("epoch_reporter", overrides=["data.source=tiny", "quiet=true",
+                                                            "evaluation.split=val", "evaluation.bootstrap=0"])
+        result = runner.run(config)
+    finally:
+        plugins.pm.unregister(plugin)
+    client = mlflow.MlflowClient(mlflow_store)
+    run = client.get_run(result.run_id)
+    expected = result.metrics["val_accuracy"]
+    assert expected < 0.5  # always akiec
+    assert run.data.metrics["val_accuracy"] == pytest.approx(expected)
+    history = client.get_metric_history(result.run_id, "val_accuracy")
+    assert sorted(m.step for m in history) == [0, 1, 2, 3]

@@ -1,0 +1,170 @@
+"""Resizing: one image (:func:`resize_image`) and many in parallel into a uint8 memmap
+(:func:`resize_into_cache`).
+
+JPEGs are decoded in draft mode (libjpeg's DCT scaling decodes straight to 1/2, 1/4 or 1/8 size,
+never smaller than needed) and then resized with a Lanczos filter. Modes:
+
+``squash``  stretch to size x size, ignoring the aspect ratio (the original study's ``.resize``)
+``pad``     pad to a square with the CLIP mean colour, then resize (what LLaVA does)
+``crop``    centre-crop the largest square, then resize
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+RESIZE_MODES = ("squash", "pad", "crop")
+#: LLaVA's pad colour: int(x * 255) of CLIP's image_mean (truncated, as the original does).
+PAD_COLOUR = (122, 116, 104)
+JPEG_QUALITY = 95
+
+
+def _draft_request(width: int, height: int, size: int, mode: str) -> tuple[int, int]:
+    """The smallest decode size that still leaves at least ``size`` pixels where they are needed."""
+    if mode == "squash":
+        return size, size
+    if mode == "pad":  # the long side becomes ``size``
+        scale = size / max(width, height)
+    else:  # crop: the short side becomes ``size``
+        scale = size / min(width, height)
+    return max(1, int(np.ceil(width * scale))), max(1, int(np.ceil(height * scale)))
+
+
+def resize_image(image, size: int, mode: str = "squash"):
+    """A PIL image resized to ``size`` x ``size`` RGB by ``mode`` (see the module docstring).
+    Call ``image.draft`` before this (as :func:`load_resized` does) to decode JPEGs faster."""
+    from PIL import Image, ImageOps
+
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode {mode!r}: use one of {', '.join(RESIZE_MODES)}")
+    image = ImageOps.exif_transpose(image)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    w, h = image.size
+    if mode == "pad" and w != h:
+        side = max(w, h)
+        canvas = Image.new("RGB", (side, side), PAD_COLOUR)
+        canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+        image = canvas
+    elif mode == "crop" and w != h:
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    return image.resize((size, size), Image.LANCZOS, reducing_gap=None)
+
+
+def load_resized(data: bytes | str | os.PathLike, size: int, mode: str = "squash"):
+    """Decode an image file (or its bytes) at reduced size and resize it; raises OSError or
+    PIL.UnidentifiedImageError for empty, truncated or undecodable files."""
+    from PIL import Image
+
+    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    with Image.open(source) as im:
+        im.draft("RGB", _draft_request(*im.size, size, mode))
+        im.load()  # decode now, inside the with: truncation errors surface here
+        return resize_image(im, size, mode)
+
+
+# one job: (row in the cache, source path, destination for the resized JPEG or None)
+Job = tuple[int, str, str | None]
+
+
+def _work(cache_path: str, jobs: list[Job], size: int, mode: str) -> list[tuple[int, str | None, str | None]]:
+    """Resize ``jobs`` into rows of the memmap at ``cache_path``; per job (row, sha256, error)."""
+    cache = np.load(cache_path, mmap_mode="r+")
+    results = []
+    for row, src, dst in jobs:
+        try:
+            data = Path(src).read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            if not data:
+                raise OSError("the file is empty (0 bytes)")
+            image = load_resized(data, size, mode)
+            cache[row] = np.asarray(image, dtype=np.uint8)
+            if dst is not None:
+                tmp = f"{dst}.tmp{os.getpid()}"
+                image.save(tmp, format="JPEG", quality=JPEG_QUALITY)
+                os.replace(tmp, dst)
+            results.append((row, digest, None))
+        except Exception as exc:  # one bad file must not stop the others; it is reported
+            message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            results.append((row, None, message))
+    cache.flush()
+    del cache
+    return results
+
+
+def mp_context():
+    """Workers start with forkserver (spawn where missing): forking a process whose torch
+    thread pools are running can deadlock."""
+    import multiprocessing as mp
+
+    return mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS/Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def resize_into_cache(cache_path: str | os.PathLike, jobs: Iterable[Job], size: int, mode: str,
+                      workers: int | None = None, chunk: int = 32,
+                      on_done: Callable[[list[tuple[int, str | None, str | None]]], None] | None = None,
+                      progress: bool = False) -> list[tuple[int, str | None, str | None]]:
+    """Resize every job into the existing ``.npy`` memmap at ``cache_path`` using ``workers``
+    processes; ``on_done`` is called with each finished chunk's results (for resumable
+    bookkeeping). Returns (row, sha256, error) for every job."""
+    from tqdm.auto import tqdm
+
+    jobs = list(jobs)
+    workers = workers or default_workers()
+    chunks = [jobs[i:i + chunk] for i in range(0, len(jobs), chunk)]
+    results: list[tuple[int, str | None, str | None]] = []
+    bar = tqdm(total=len(jobs), desc=f"resizing to {size}px ({mode})", disable=not progress, leave=False,
+               dynamic_ncols=True)
+    try:
+        if workers <= 1 or len(jobs) <= chunk:
+            for part in chunks:
+                done = _work(str(cache_path), part, size, mode)
+                results += done
+                if on_done:
+                    on_done(done)
+                bar.update(len(part))
+        else:
+            finished: set[int] = set()
+            try:
+                with ProcessPoolExecutor(workers, mp_context=mp_context()) as pool:
+                    futures = {pool.submit(_work, str(cache_path), part, size, mode): k for k, part in enumerate(chunks)}
+                    for fut in as_completed(futures):
+                        done = fut.result()
+                        finished.add(futures[fut])
+                        results += done
+                        if on_done:
+                            on_done(done)
+                        bar.update(len(done))
+            except BrokenProcessPool:
+                # worker processes could not start (e.g. a script read from stdin, which they
+                # cannot re-import): finish in this process rather than fail
+                warnings.warn("resize worker processes failed to start; resizing in one process", RuntimeWarning,
+                              stacklevel=2)
+                for k, part in enumerate(chunks):
+                    if k not in finished:
+                        done = _work(str(cache_path), part, size, mode)
+                        results += done
+                        if on_done:
+                            on_done(done)
+                        bar.update(len(part))
+    finally:
+        bar.close()
+    return results

@@ -247,8 +247,9 @@ def test_every_trial_is_a_nested_validation_only_run(work, local_study):
         assert run.data.params["eval_split"] == "val"
         assert not [m for m in run.data.metrics if m.startswith("test_")]
         history = {m.step: m.value for m in mlf.get_metric_history(run.info.run_id, "val_macro_f1")}
-        assert sorted(history) == [0, 1, 2, 3]  # epochs 1..3 (reported to the trial) and the final value
-        assert history[0] == pytest.approx(t.value)  # the runner logs the final evaluation at step 0
+        assert sorted(history) == [1, 2, 3, 4]  # epochs 1..3 (reported to the trial) and the final value
+        assert history[4] == pytest.approx(t.value)  # the final evaluation comes after the last epoch
+        assert run.data.metrics["val_macro_f1"] == pytest.approx(t.value)  # so MLflow shows it as the run's value
         assert [history[e] for e in (1, 2, 3)] == pytest.approx([t.intermediate_values[e] for e in (1, 2, 3)])
         assert float(run.data.params["lr"]) == pytest.approx(t.params["train.lr"])
         # conditional parameter: cap sampled (and logged) only for capped weights

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from derma_core.config import get_dotted as _cfg
+
 from .prompting import IMAGE_TOKEN, n_image_tokens_for
 from .tiny import TINY_NAME, build_tiny_random, make_processor
 
@@ -54,15 +56,6 @@ class Loaded:
     def input_device(self):
         """Where input tensors go (the embedding's device under a ``device_map``)."""
         return self.model.get_input_embeddings().weight.device
-
-
-def _cfg(config: dict, dotted: str, default: Any = None) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
 
 
 def resolve_dtype(precision: str, device: str):

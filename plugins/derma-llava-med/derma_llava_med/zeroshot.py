@@ -24,20 +24,12 @@ from typing import Any
 import numpy as np
 
 from derma_core import hookimpl
+from derma_core.config import get_dotted as _get
 from derma_core.interfaces import Predictions, RunContext, Split
 from derma_core.labels import LABELS
 
 ANSWER_MODES = ("generate", "score")
 PLUGIN_NAME = "llava_zeroshot"
-
-
-def _get(config: dict, dotted: str, default: Any = None) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
 
 
 class PartialResults:

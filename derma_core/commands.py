@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -85,6 +86,8 @@ def run_command(plugin, config_file, overrides, dataset, data_dir, experiment, r
         _fail(f"{plugin} failed: {exc}{where}")
     except (plugins.UnknownComponentError, ConfigError, RuntimeError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc).strip("'\""))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return
     split = config["evaluation"]["split"]
     click.echo(f"{plugin} on {result.experiment} ({split} split):")
     _print_metrics(result.metrics, split)

@@ -30,7 +30,7 @@ def _ratios(text: str) -> tuple[float, float, float]:
               help="Raw folder: HAM10000_metadata.csv plus HAM10000_images_part_1/ and _part_2/ (or one image folder).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Prepared folder to write.")
 @click.option("--size", default=224, show_default=True, type=int, help="Image side in pixels.")
-@click.option("--split", "split_mode", default="seed", show_default=True, type=click.Choice(["seed", "grouped"]),
+@click.option("--split", "split_mode", default="grouped", show_default=True, type=click.Choice(["seed", "grouped"]),
               help="seed: the original study's split exactly; grouped: lesion-grouped, label-stratified, "
                    "every class in every split.")
 @click.option("--seed", default=42, show_default=True, type=int, help="Split seed.")

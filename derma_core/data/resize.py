@@ -133,14 +133,17 @@ def resize_into_cache(cache_path: str | os.PathLike, jobs: Iterable[Job], size: 
     results: list[tuple[int, str | None, str | None]] = []
     bar = tqdm(total=len(jobs), desc=f"resizing to {size}px ({mode})", disable=not progress, leave=False,
                dynamic_ncols=True)
+
+    def record(done: list[tuple[int, str | None, str | None]]) -> None:
+        results.extend(done)
+        if on_done:
+            on_done(done)
+        bar.update(len(done))
+
     try:
         if workers <= 1 or len(jobs) <= chunk:
             for part in chunks:
-                done = _work(str(cache_path), part, size, mode)
-                results += done
-                if on_done:
-                    on_done(done)
-                bar.update(len(part))
+                record(_work(str(cache_path), part, size, mode))
         else:
             finished: set[int] = set()
             try:
@@ -149,10 +152,7 @@ def resize_into_cache(cache_path: str | os.PathLike, jobs: Iterable[Job], size: 
                     for fut in as_completed(futures):
                         done = fut.result()
                         finished.add(futures[fut])
-                        results += done
-                        if on_done:
-                            on_done(done)
-                        bar.update(len(done))
+                        record(done)
             except BrokenProcessPool:
                 # worker processes could not start (e.g. a script read from stdin, which they
                 # cannot re-import): finish in this process rather than fail
@@ -160,11 +160,7 @@ def resize_into_cache(cache_path: str | os.PathLike, jobs: Iterable[Job], size: 
                               stacklevel=2)
                 for k, part in enumerate(chunks):
                     if k not in finished:
-                        done = _work(str(cache_path), part, size, mode)
-                        results += done
-                        if on_done:
-                            on_done(done)
-                        bar.update(len(part))
+                        record(_work(str(cache_path), part, size, mode))
     finally:
         bar.close()
     return results

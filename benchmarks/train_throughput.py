@@ -186,6 +186,7 @@ def bench_compute(size, args, rt, batches: int):
     import torch
 
     from derma_resnet18.model import DermaResNet18
+    from derma_resnet18.training import train_step
 
     torch.manual_seed(0)
     fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
@@ -198,13 +199,7 @@ def bench_compute(size, args, rt, batches: int):
     model.train()
 
     def step():
-        with rt.autocast():
-            logits = model(x)
-        loss = crit(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        train_step(model, x, y, crit, opt, scaler, rt)
 
     for _ in range(args.warmup):
         step()

@@ -224,6 +224,20 @@ def train(model: nn.Module, train_set: SplitImages, val_set: SplitImages, recipe
     return state
 
 
+def train_step(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, criterion: nn.Module,
+               optimizer: torch.optim.Optimizer, scaler, rt: "Runtime") -> torch.Tensor:
+    """One optimisation step in derma's precision: forward under autocast, loss in fp32,
+    scaled backward and step. Returns the loss (the throughput benchmark times exactly this)."""
+    with rt.autocast():
+        logits = model(x)
+    loss = criterion(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
+
+
 def _train_epoch(ddp_model, model, loader, optimizer, scheduler, scaler, criterion, augment, aug_gen, rt: Runtime,
                  ctx: RunContext, epoch: int, recipe: Recipe, size: int) -> dict[str, float]:
     # every source of randomness of this epoch is a function of (seed, epoch, rank)
@@ -239,13 +253,7 @@ def _train_epoch(ddp_model, model, loader, optimizer, scheduler, scaler, criteri
         images = images.to(rt.device, non_blocking=True)
         labels = labels.to(rt.device, non_blocking=True)
         x = train_batch(images, size, augment, aug_gen, rt.channels_last)
-        with rt.autocast():
-            logits = ddp_model(x)
-        loss = criterion(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        loss = train_step(ddp_model, x, labels, criterion, optimizer, scaler, rt)
         if scheduler is not None:
             scheduler.step()
         loss_sum += loss.detach().double() * len(labels)

@@ -18,7 +18,8 @@ import derma_core
 from derma_core.data import prepare as prepmod
 from derma_core.data.prepare import PrepParams, load_prepared, prepare
 from derma_core.data.raw import PrepError
-from derma_core.data.resize import PAD_COLOUR, load_resized, resize_image
+from derma_core.data import resize as resizemod
+from derma_core.data.resize import PAD_COLOUR, load_resized, resampler, resize_image
 from derma_core.data.splits import SPLITS
 from derma_core.data.synthetic import generate
 from derma_core.labels import LABELS
@@ -130,6 +131,60 @@ def test_interrupted_run_resumes(synth_raw, tmp_path, monkeypatch):
     prepare(synth_raw, clean, PrepParams(size=24, split="grouped"), workers=1, **QUIET)
     np.testing.assert_array_equal(np.load(out / "cache/images.npy"), np.load(clean / "cache/images.npy"))
     assert load_prepared(out).digest == load_prepared(clean).digest
+
+
+def test_resume_redoes_rows_lost_before_they_reached_the_disk(synth_raw, tmp_path, monkeypatch):
+    """Cache rows are not fsynced: after a power cut the log may call a row done that is all
+    zeros on disk; the resumed run finds and redoes such rows."""
+    out = tmp_path / "prep"
+    real = prepmod.resize_into_cache
+
+    def interrupted(cache_path, jobs, *args, on_done=None, **kw):
+        real(cache_path, list(jobs)[:80], *args, on_done=on_done, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepmod, "resize_into_cache", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(synth_raw, out, PrepParams(size=24, split="grouped"), workers=1, **QUIET)
+    monkeypatch.setattr(prepmod, "resize_into_cache", real)
+    partial = np.load(out / prepmod.PARTIAL, mmap_mode="r+")
+    logged = [int(line.split("\t")[0]) for line in (out / prepmod.PARTIAL_LOG).read_text().splitlines()]
+    lost = logged[:5]
+    partial[lost] = 0
+    partial.flush()
+    del partial
+    prepare(synth_raw, out, PrepParams(size=24, split="grouped"), workers=1, **QUIET)
+    assert json.loads((out / "prep_report.json").read_text())["summary"]["images_resized"] == 125
+    clean = tmp_path / "clean"
+    prepare(synth_raw, clean, PrepParams(size=24, split="grouped"), workers=1, **QUIET)
+    np.testing.assert_array_equal(np.load(out / "cache/images.npy"), np.load(clean / "cache/images.npy"))
+
+
+def test_the_resampler_is_recorded_and_a_new_one_rebuilds(synth_raw, tmp_path, monkeypatch):
+    out = tmp_path / "prep"
+    first = prepare(synth_raw, out, PrepParams(size=24, split="grouped"), workers=1, **QUIET)
+    assert first["resampler"] == resampler()
+    monkeypatch.setattr(prepmod, "resampler", lambda: "lanczos (some other library 1.0)")
+    second = prepare(synth_raw, out, PrepParams(size=24, split="grouped"), workers=1, **QUIET)
+    assert second["resampler"] == "lanczos (some other library 1.0)"
+    summary = json.loads((out / "prep_report.json").read_text())["summary"]
+    assert summary["images_resized"] == 200 and summary["images_reused"] == 0
+    assert second["digest"] != first["digest"]
+
+
+@pytest.mark.parametrize("mode", ["squash", "pad", "crop"])
+def test_fast_resampler_matches_pillows_lanczos(synth_raw, monkeypatch, mode):
+    """cykooz-resizer (SIMD fast_image_resize) and Pillow's Lanczos give the same pixels to within
+    2 grey levels; without cykooz-resizer, Pillow does the resize."""
+    pytest.importorskip("cykooz_resizer", reason="cykooz-resizer has no wheel for this platform")
+    path = next(synth_raw.glob("HAM10000_images_part_1/*.jpg"))
+    assert "cykooz-resizer" in resampler()
+    fast = np.asarray(load_resized(path, 96, mode), dtype=np.int16)
+    monkeypatch.setattr(resizemod, "_FAST", [None])
+    assert resampler().startswith("lanczos (pillow ")
+    slow = np.asarray(load_resized(path, 96, mode), dtype=np.int16)
+    assert fast.shape == slow.shape == (96, 96, 3)
+    assert np.abs(fast - slow).max() <= 2 and np.abs(fast - slow).mean() < 0.5
 
 
 def test_parallel_workers_give_the_same_cache(synth_raw, tmp_path):

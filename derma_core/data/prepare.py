@@ -35,7 +35,7 @@ import pandas as pd
 from ..labels import LABELS
 from . import raw as rawmod
 from .raw import PrepError, Problem, RawData
-from .resize import RESIZE_MODES, resize_into_cache
+from .resize import RESIZE_MODES, missing_rows, resampler, resize_into_cache
 from .splits import SPLITS, check_no_leakage, counts_table, grouped_folds, grouped_split, seed_split
 
 PREP_VERSION = 1
@@ -189,8 +189,10 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, nam
     metadata_sha = sha256_file(data.metadata_path)
     rel = {i: os.path.relpath(p, data.root) for i, p in data.images.items()}
     fps = {i: _fingerprint(data.images[i]) for i in meta["image_id"]}
+    resampling = resampler()  # a different resize library gives (slightly) different pixels
     fingerprint = hashlib.sha256(json.dumps({
         "version": PREP_VERSION, "params": params.as_dict(), "metadata": metadata_sha, "strict": strict,
+        "resampler": resampling,
         "images": sorted((i, rel[i], fps[i]) for i in meta["image_id"]),
     }).encode()).hexdigest()
 
@@ -223,7 +225,7 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, nam
     (out / "cache").mkdir(parents=True, exist_ok=True)
     (out / "images").mkdir(parents=True, exist_ok=True)
     shape = (len(order), params.size, params.size, 3)
-    params_key = [PREP_VERSION, params.size, params.resize]
+    params_key = [PREP_VERSION, params.size, params.resize, resampling]
     plan = hashlib.sha256(json.dumps([params_key, [(i, rel[i], fps[i]) for i in ids]]).encode()).hexdigest()
     shas: dict[int, str] = {}
     errors: dict[int, str] = {}
@@ -246,6 +248,9 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, nam
         if cache.shape != shape:
             resumed, shas, errors = False, {}, {}
         del cache
+    if resumed:  # rows are not fsynced: one logged as done but lost (a power cut) is all zeros
+        for row in missing_rows(partial, shas):
+            del shas[row]
     if resumed:
         log(f"resuming an interrupted preparation: {len(shas) + len(errors)} of {len(ids)} images already done")
     else:
@@ -337,7 +342,7 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, nam
         folds_info = {"k": params.folds, "counts": counts_table(pool, fold.astype(int).astype(str), LABELS)}
 
     digest = hashlib.sha256(json.dumps({
-        "params": params.as_dict(),
+        "params": params.as_dict(), "resampler": resampling,
         "rows": [[s, i, l, g, h] for s, i, l, g, h in zip(order["split"], order["image_id"], order["dx"],
                                                           order["lesion_id"], row_shas)],
     }).encode()).hexdigest()
@@ -359,7 +364,7 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, nam
     })
     manifest = {
         "format": "derma-prepared", "version": PREP_VERSION, "name": name, "synthetic": synthetic,
-        "digest": digest, "fingerprint": fingerprint, "params": params.as_dict(),
+        "digest": digest, "fingerprint": fingerprint, "params": params.as_dict(), "resampler": resampling,
         "source": {"raw": str(data.root), "metadata": data.metadata_path.name, "metadata_sha256": metadata_sha},
         "counts": counts, "folds": folds_info,
         "cache": {"file": CACHE_FILE, "shape": [len(order), params.size, params.size, 3], "dtype": "uint8",

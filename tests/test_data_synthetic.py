@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from derma_core import plugins
+from derma_core.data import prepare as prepare_module
 from derma_core.data import synthetic
 from derma_core.data.prepare import PrepParams, load_prepared, prepare
 from derma_core.data.splits import SPLITS
@@ -35,7 +36,6 @@ def test_raw_layout_and_metadata(raw):
     assert per_lesion["dx"].nunique().max() == 1
     # HAM10000's class proportions (every class kept to at least 12 images)
     counts = meta["dx"].value_counts()
-    total = sum(synthetic.HAM10000_COUNTS.values())
     assert counts.min() >= 12
     free = [c for c in LABELS if counts[c] > 12]
     share = sum(synthetic.HAM10000_COUNTS[c] for c in free)
@@ -109,6 +109,13 @@ def test_synthetic_source_generates_once_and_reuses(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, "generate", lambda *a, **k: calls.append(a))
     again = source(config)
     assert again.digest == ds.digest and not calls  # reused, not regenerated
+    # a folder prepared by another version of the pipeline (here: another resize library) is rebuilt
+    monkeypatch.setattr(prepare_module, "resampler", lambda: "lanczos (some other library 1.0)")
+    rebuilt = source(config)
+    assert rebuilt.manifest["resampler"] == "lanczos (some other library 1.0)" and rebuilt.digest != ds.digest
+    monkeypatch.undo()
+    monkeypatch.setenv("DERMA_CACHE_DIR", str(tmp_path / "env-cache"))
+    assert source(config).digest == ds.digest  # and back
     # data.cache_dir wins over the environment
     config["data"]["cache_dir"] = str(tmp_path / "cfg-cache")
     monkeypatch.undo()

@@ -30,8 +30,8 @@ HAM10000_DOI = "doi:10.7910/DVN/DBW86T"
 #: The files derma needs (Dataverse labels); the rest of the dataset (test set, segmentations) is skipped.
 HAM10000_FILES = ("HAM10000_images_part_1.zip", "HAM10000_images_part_2.zip", "HAM10000_metadata.tab",
                   "HAM10000_metadata.csv", "HAM10000_metadata")
-MANUAL_HINT = (f"download HAM10000_images_part_1.zip, HAM10000_images_part_2.zip and HAM10000_metadata from "
-               f"https://doi.org/10.7910/DVN/DBW86T (or Kaggle's 'skin-cancer-mnist-ham10000') by hand, unzip them "
+MANUAL_HINT = ("download HAM10000_images_part_1.zip, HAM10000_images_part_2.zip and HAM10000_metadata from "
+               "https://doi.org/10.7910/DVN/DBW86T (or Kaggle's 'skin-cancer-mnist-ham10000') by hand, unzip them "
                "into one folder and run `derma prep --raw FOLDER --out PREPARED`")
 USER_AGENT = "derma-downloader/1 (+https://github.com/; research use)"
 

@@ -25,7 +25,7 @@ from typing import Any
 from derma_core.config import get_dotted as _cfg
 
 from .prompting import IMAGE_TOKEN, n_image_tokens_for
-from .tiny import TINY_NAME, build_tiny_random, make_processor
+from .tiny import TINY_NAME, build_tiny_random
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,6 @@ Every builder takes the label tuple and returns the question text that follows `
 
 from __future__ import annotations
 
-
 from . import hookimpl
 from .labels import LABELS
 

@@ -248,10 +248,9 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, nam
         if cache.shape != shape:
             resumed, shas, errors = False, {}, {}
         del cache
-    if resumed:  # rows are not fsynced: one logged as done but lost (a power cut) is all zeros
-        for row in missing_rows(partial, shas):
-            del shas[row]
     if resumed:
+        for row in missing_rows(partial, shas):  # rows are not fsynced: one lost in a power cut is all zeros
+            del shas[row]
         log(f"resuming an interrupted preparation: {len(shas) + len(errors)} of {len(ids)} images already done")
     else:
         np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape).flush()

@@ -14,6 +14,7 @@ record it. Modes:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -66,18 +67,14 @@ def resize_image(image, size: int, mode: str = "squash"):
     return _lanczos(image, size)
 
 
-_FAST: list = []  # [cykooz_resizer.Resizer, ResizeOptions] once imported, [None] when unavailable
-
-
+@functools.cache
 def _fast_resizer():
-    if not _FAST:
-        try:
-            import cykooz_resizer as cz
-
-            _FAST.extend([cz.Resizer(), cz.ResizeOptions(resize_alg=cz.ResizeAlg.convolution(cz.FilterType.lanczos3))])
-        except Exception:  # not installed, or no wheel for this platform: Pillow does it
-            _FAST.append(None)
-    return _FAST if _FAST[0] is not None else None
+    """(cykooz_resizer.Resizer, its Lanczos-3 options), or None where it is not installed."""
+    try:
+        import cykooz_resizer as cz
+    except Exception:  # not installed, or no wheel for this platform: Pillow does it
+        return None
+    return cz.Resizer(), cz.ResizeOptions(resize_alg=cz.ResizeAlg.convolution(cz.FilterType.lanczos3))
 
 
 def _lanczos(image, size: int):

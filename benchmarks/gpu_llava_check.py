@@ -32,7 +32,7 @@ def build(tiny: bool, device: str, dtype):
     from transformers import AutoTokenizer, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, MistralConfig
 
     from derma_llava_med.loading import Loaded
-    from derma_llava_med.prompting import n_image_tokens_for
+    from derma_llava_med.prompting import LlavaCodec, n_image_tokens_for
     from derma_llava_med.tiny import TINY_TEXT, TINY_VISION, make_processor, mistral_tokenizer_dir
 
     tokenizer = AutoTokenizer.from_pretrained(mistral_tokenizer_dir())
@@ -58,9 +58,11 @@ def build(tiny: bool, device: str, dtype):
     print(f"built {'tiny' if tiny else '7B-sized'} LLaVA ({n_params / 1e9:.2f} B parameters, {dtype}) on {device} "
           f"in {time.perf_counter() - t:.1f} s")
     processor = make_processor(tokenizer, vision["image_size"], vision["patch_size"])
-    return Loaded(model=model, processor=processor, tokenizer=tokenizer, image_token_id=image_token_id,
-                  model_id="random-llava-med-shaped", n_image_tokens=n_image_tokens_for(config), device=device,
-                  dtype=dtype)
+    n_image_tokens = n_image_tokens_for(config)
+    codec = LlavaCodec(tokenizer, processor.image_processor, image_token_id, n_image_tokens)
+    return Loaded(model=model, processor=processor, tokenizer=tokenizer, codec=codec,
+                  model_id="random-llava-med-shaped", device=device, dtype=dtype,
+                  image_token_id=image_token_id, n_image_tokens=n_image_tokens)
 
 
 def main() -> None:
@@ -76,8 +78,8 @@ def main() -> None:
     import torch
 
     from derma_core.prompts import SEED_PROMPTS
-    from derma_llava_med.scoring import score_labels
-    from derma_llava_med.zeroshot import generate_answers
+    from derma_vlm.generation import generate_answers
+    from derma_vlm.scoring import score_labels
 
     device = args.device or ("cpu" if args.tiny else "cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -3,9 +3,11 @@
 Prints the peak GPU memory and the seconds per optimizer step of derma's own llava_lora training
 path (``load_llava`` with bitsandbytes 4-bit nf4 + double quantisation + bf16 compute,
 ``build_lora_model`` with r=128 on q/k/v/o/gate/up/down, the projector trained in full,
-``prepare_model_for_kbit_training``, gradient checkpointing, the ``LlavaLoraTrainer``), batch 2
-of 576 image tokens + the p1 prompt + answer. The weights are random, so only memory and speed
-mean anything.
+``prepare_model_for_kbit_training``, gradient checkpointing, derma_vlm's ``VlmLoraTrainer``), batch 2
+of 576 image tokens + the p1 prompt + answer. Validation stays on, as in a real run: after the
+last step the Trainer evaluates the val loss and label-scores a few val images under the model's
+dtype policy (the path that crashed in bf16 when it was turned off here). The weights are random,
+so only memory, speed and "it ran" mean anything.
 
     python benchmarks/gpu_lora_check.py                 # 7B-shaped, CUDA (about 2-3 min on an H100)
     python benchmarks/gpu_lora_check.py --quantization none   # bf16 LoRA (the original study's setting)
@@ -18,6 +20,7 @@ through ``load_llava`` so quantisation happens exactly as in a real run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -91,6 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--r", type=int, default=128)
     parser.add_argument("--quantization", choices=["4bit", "8bit", "none"], default="4bit")
     parser.add_argument("--no-checkpointing", action="store_true", help="turn gradient checkpointing off")
+    parser.add_argument("--val", type=int, default=4, help="val images label-scored after the last step")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="compute dtype")
     parser.add_argument("--folder", help="reuse (or keep) the random model folder here instead of a temp dir")
     args = parser.parse_args(argv)
 
@@ -99,8 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from derma_core.prompts import SEED_PROMPTS
     from derma_llava_med.loading import load_llava
-    from derma_llava_med.training import (LM_LINEAR_LAYERS, LlavaCollator, LlavaTrainingDataset, build_lora_model,
-                                          make_trainer_class, trainable_summary)
+    from derma_vlm.scoring import score_labels
+    from derma_vlm.training import (LM_LINEAR_LAYERS, AnswerOnlyCollator, AnswerOnlyDataset, build_lora_model,
+                                    make_trainer_class, trainable_summary)
 
     device = "cpu" if args.tiny else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
@@ -121,22 +127,33 @@ def main(argv: list[str] | None = None) -> dict:
         started = time.perf_counter()
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        loaded = load_llava({"model": {"name": str(model_dir)}, "precision": "bf16", "quantization": quant}, device)
+        loaded = load_llava({"model": {"name": str(model_dir)}, "precision": args.precision, "quantization": quant}, device)
         report["load_seconds"] = round(time.perf_counter() - started, 1)
         if device == "cuda":
             torch.cuda.synchronize()
             report["model_memory_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
         model = build_lora_model(loaded.model, r=args.r, alpha=2 * args.r, dropout=0.05,
                                  target_modules=LM_LINEAR_LAYERS, quantized=quant is not None,
-                                 gradient_checkpointing=not args.no_checkpointing)
+                                 gradient_checkpointing=not args.no_checkpointing, policy=loaded.policy)
         counts = trainable_summary(model)
         report["trainable_lora_params"] = counts["lora"]
         report["trainable_projector_params"] = counts["projector"]
         n = args.batch * args.grad_accum * args.steps
         split = random_split(n, 45 if args.tiny else 450)
-        data = LlavaTrainingDataset(split, loaded.tokenizer, loaded.processor.image_processor, SEED_PROMPTS["p1"],
-                                    loaded.image_token_id, loaded.n_image_tokens, max_length=2048)
-        report["tokens_per_example"] = len(data.encoded[0][0])
+        data = AnswerOnlyDataset(split, loaded.codec, SEED_PROMPTS["p1"], max_length=2048)
+        val_split = random_split(args.val, 45 if args.tiny else 450, seed=1)
+        val_data = AnswerOnlyDataset(val_split, loaded.codec, SEED_PROMPTS["p1"], max_length=2048)
+        report["tokens_per_example"] = len(data[0]["input_ids"])
+
+        def label_scorer(trained) -> dict:
+            from peft import PeftModel
+
+            inner = trained.base_model.model if isinstance(trained, PeftModel) else trained
+            scoring = dataclasses.replace(loaded, model=inner)
+            images = [val_split.load_image(i) for i in range(len(val_split))]
+            scores = score_labels(scoring, images, SEED_PROMPTS["p1"], batch_size=args.batch)
+            return {"macro_f1": float(np.mean(scores.argmax(1) == val_split.y)), "finite_scores":
+                    float(np.isfinite(scores).all())}
 
         class StepTimer(TrainerCallback):
             def __init__(self) -> None:
@@ -156,19 +173,25 @@ def main(argv: list[str] | None = None) -> dict:
         targs = TrainingArguments(
             output_dir=str(work / "out"), max_steps=args.steps, per_device_train_batch_size=args.batch,
             gradient_accumulation_steps=args.grad_accum, learning_rate=2e-5, weight_decay=0.01,
-            lr_scheduler_type="cosine", warmup_steps=0.03, bf16=True,
+            lr_scheduler_type="cosine", warmup_steps=0.03, **loaded.policy.trainer_flags(),
             activation_checkpointing=not args.no_checkpointing,
-            activation_checkpointing_kwargs={"use_reentrant": False}, save_strategy="no", eval_strategy="no",
+            activation_checkpointing_kwargs={"use_reentrant": False}, save_strategy="no", eval_strategy="steps",
+            eval_steps=args.steps,
             logging_steps=1, report_to="none", remove_unused_columns=False, label_names=["labels"],
+            per_device_eval_batch_size=args.batch, prediction_loss_only=True,
             use_cpu=device == "cpu", disable_tqdm=True, dataloader_num_workers=0 if args.tiny else 2,
             optim="adamw_torch")
         Trainer = make_trainer_class()
-        trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=LlavaCollator(0),
-                          callbacks=[timer], projector_lr=2e-5)
+        trainer = Trainer(model=model, args=targs, train_dataset=data, eval_dataset=val_data,
+                          data_collator=AnswerOnlyCollator(loaded.codec.pad_token_id), callbacks=[timer],
+                          projector_lr=2e-5, label_scorer=label_scorer, dtype_policy=loaded.policy)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+        report["validation"] = {"ran": bool(evals), "val_loss": round(float(evals[-1]["eval_loss"]), 4) if evals
+                                else None, "finite_label_scores": bool(evals and evals[-1]["eval_finite_scores"])}
         timed = timer.times[1:] or timer.times
         report.update({
             "steps": len(timer.times), "seconds_per_step": round(float(np.mean(timed)), 3),

@@ -25,7 +25,7 @@ def convert_command(src, dst, vision_tower, vision_source, force):
     from pathlib import Path
 
     from .convert import ConversionError, convert_checkpoint
-    from .loading import resolve_model_folder
+    from derma_vlm.loading import resolve_model_folder
 
     try:
         folder = resolve_model_folder(src)

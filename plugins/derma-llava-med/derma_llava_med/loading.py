@@ -2,6 +2,8 @@
 
 ``model.name`` may be
 
+* ``auto`` (the default): ``tiny-random`` on the built-in synthetic set, LLaVA-Med v1.5
+  (``microsoft/llava-med-v1.5-mistral-7b``) on any other data (:func:`resolve_model_name`);
 * ``tiny-random``: the smoke-test model of :mod:`derma_llava_med.tiny` (random weights);
 * a folder or hub id of an HF-format LLaVA (``model_type: llava``);
 * a folder or hub id of an *original* LLaVA-Med v1.5 checkpoint (``model_type: llava_mistral``,
@@ -12,25 +14,30 @@
 The processor is always the PIL-backend one, padding to square with the mean colour:
 ``AutoProcessor.from_pretrained`` alone would return the torchvision backend, whose pixels
 differ from LLaVA-Med's by up to one uint8 level (SEED_FACTS, point 5).
+
+Precision, quantisation, folder resolution and the dtype policy are derma_vlm's.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from derma_core.config import get_dotted as _cfg
+from derma_vlm.loading import Loaded as VlmLoaded
+from derma_vlm.loading import load_pretrained, resolve_model_folder
+from derma_vlm.precision import resolve_dtype
 
-from .prompting import IMAGE_TOKEN, n_image_tokens_for
+from .prompting import IMAGE_TOKEN, LlavaCodec, n_image_tokens_for
 from .tiny import TINY_NAME, build_tiny_random
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-QUANTIZATIONS = (None, "4bit", "8bit")
+#: What ``model.name: auto`` resolves to on real data: the model of the original study.
+LLAVA_MED = "microsoft/llava-med-v1.5-mistral-7b"
 #: Modules never quantised: the vision tower and projector are small and precision-sensitive.
 #: transformers matches these against full module names from the start (or as a suffix), so
 #: they must carry the ``model.`` prefix to cover the Linear layers inside.
@@ -38,51 +45,50 @@ SKIP_QUANTIZATION = ["model.vision_tower", "model.multi_modal_projector", "lm_he
 
 
 @dataclass
-class Loaded:
-    """A ready model: eval mode, on its device, with what encoding prompts needs."""
+class Loaded(VlmLoaded):
+    """derma_vlm's Loaded with what LLaVA's chunked prompt needs."""
 
-    model: Any
-    processor: Any
-    tokenizer: Any
-    image_token_id: int
-    model_id: str
+    image_token_id: int = 0
     n_image_tokens: int = 0
-    device: str = "cpu"
-    dtype: Any = None
-    folder: Path | None = None
-    info: dict = field(default_factory=dict)
-
-    @property
-    def input_device(self):
-        """Where input tensors go (the embedding's device under a ``device_map``)."""
-        return self.model.get_input_embeddings().weight.device
 
 
-def resolve_dtype(precision: str, device: str):
-    """torch dtype for ``precision``; ``auto`` is bf16 on CUDA (fp16 where bf16 is unsupported), fp32 elsewhere."""
-    import torch
+def resolve_model_name(config: dict) -> str:
+    """The model ``model.name`` means for this run's data.
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
-        if str(device).startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    ``auto`` is ``tiny-random`` on the built-in synthetic set (``data.source: synthetic``) and
+    LLaVA-Med v1.5 on anything else; ``tiny-random`` on other data is refused unless
+    ``model.allow_random: true`` (random weights would give meaningless numbers that look like
+    results); null is an error that says what to set."""
+    name = _cfg(config, "model.name")
+    source = _cfg(config, "data.source")
+    if name is None or str(name).strip() == "":
+        raise ValueError(f"model.name is not set: set it to auto, {TINY_NAME}, {LLAVA_MED} or a model folder "
+                         "(-o model.name=auto)")
+    name = str(name)
+    if name == "auto":
+        return TINY_NAME if source == "synthetic" else LLAVA_MED
+    if name == TINY_NAME and source != "synthetic" and not _cfg(config, "model.allow_random", False):
+        raise ValueError(f"model.name={TINY_NAME} has random weights and data.source={source!r} is not the "
+                         "synthetic set: its predictions would mean nothing; set model.name (e.g. "
+                         f"{LLAVA_MED}) or -o model.allow_random=true for a smoke test")
+    return name
 
 
-def quantization_config(quantization: str | None, compute_dtype):
-    """A BitsAndBytesConfig for ``4bit`` (nf4, double quantisation) or ``8bit``; None for none."""
-    if quantization in (None, "", "none"):
-        return None
-    from transformers import BitsAndBytesConfig
+def model_image_size(name: str) -> int | None:
+    """The side, in pixels, the model sees images at (its processor's crop size), where known
+    without loading the model: tiny-random, LLaVA-Med v1.5 (CLIP ViT-L/14 at 336 px), or a local
+    HF folder's ``vision_config``; None otherwise."""
+    if name == TINY_NAME:
+        from .tiny import TINY_VISION
 
-    if quantization == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=SKIP_QUANTIZATION)
-    if quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=SKIP_QUANTIZATION)
-    raise ValueError(f"quantization must be null, 4bit or 8bit, got {quantization!r}")
+        return int(TINY_VISION["image_size"])
+    if name == LLAVA_MED:
+        return 336
+    config = Path(name).expanduser() / "config.json"
+    if config.exists():
+        size = (_read_json(config).get("vision_config") or {}).get("image_size")
+        return int(size) if size else None
+    return None
 
 
 def _read_json(path: Path) -> dict:
@@ -98,32 +104,6 @@ def is_original_checkpoint(folder: Path) -> bool:
     cfg = _read_json(folder / "config.json")
     return cfg.get("model_type") in {"llava_mistral", "llava_llama"} or (
         "mm_vision_tower" in cfg and "vision_config" not in cfg)
-
-
-def resolve_model_folder(name: str, revision: str | None = None, cache_dir: str | None = None) -> Path:
-    """A local folder for ``name``: the folder itself, or the hub snapshot (downloaded when the
-    network allows, else taken from the local HF cache)."""
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"model.name {name!r} is a folder without config.json: not a model folder")
-        return path
-    if name.count("/") != 1 or name.startswith((".", "/")):
-        raise FileNotFoundError(f"model.name {name!r} is neither an existing folder nor a hub id (owner/name)")
-    from huggingface_hub import snapshot_download
-
-    patterns = ["*.json", "*.safetensors", "*.bin", "tokenizer.model", "*.jinja", "*.txt"]
-    try:
-        return Path(snapshot_download(name, revision=revision, cache_dir=cache_dir, allow_patterns=patterns))
-    except Exception as online_error:  # offline or hub unreachable: fall back to the local cache
-        try:
-            return Path(snapshot_download(name, revision=revision, cache_dir=cache_dir, allow_patterns=patterns,
-                                          local_files_only=True))
-        except Exception:
-            raise FileNotFoundError(
-                f"model {name!r} is not in the local Hugging Face cache and could not be downloaded "
-                f"({type(online_error).__name__}); download it on a machine with internet "
-                f"(`huggingface-cli download {name}`) or set model.name to a local folder") from None
 
 
 def pil_processor(folder: Path, trust_remote_code: bool = False):
@@ -145,21 +125,20 @@ def pil_processor(folder: Path, trust_remote_code: bool = False):
 def load_llava(config: dict, device: str = "cpu") -> Loaded:
     """Load the model ``config['model']['name']`` names, ready for inference.
 
-    Reads ``model.name``, ``model.revision``, ``model.cache_dir``, ``model.device_map``,
-    ``model.attn_implementation``, ``model.trust_remote_code``, ``model.vision_tower``,
-    ``precision`` and ``quantization``.
+    Reads ``model.name`` (through :func:`resolve_model_name`), ``model.allow_random``,
+    ``model.revision``, ``model.cache_dir``, ``model.device_map``, ``model.attn_implementation``,
+    ``model.trust_remote_code``, ``model.vision_tower``, ``precision`` and ``quantization``.
     """
-    import torch
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
-    name = str(_cfg(config, "model.name") or TINY_NAME)
+    name = resolve_model_name(config)
     precision = _cfg(config, "precision", "auto") or "auto"
     quantization = _cfg(config, "quantization")
     dtype = resolve_dtype(precision, device)
     trust = bool(_cfg(config, "model.trust_remote_code", False))
     attn = _cfg(config, "model.attn_implementation", "sdpa") or "sdpa"
     device_map = _cfg(config, "model.device_map")
-    info: dict[str, Any] = {"requested": name}
+    info: dict[str, Any] = {"requested": _cfg(config, "model.name"), "resolved_name": name}
 
     if name == TINY_NAME:
         folder = build_tiny_random()
@@ -174,17 +153,9 @@ def load_llava(config: dict, device: str = "cpu") -> Loaded:
             folder = cached_conversion(folder, vision_tower=_cfg(config, "model.vision_tower"))
     info["folder"] = str(folder)
 
-    qconfig = quantization_config(quantization, dtype)
-    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn, "trust_remote_code": trust}
-    if qconfig is not None:
-        kwargs["quantization_config"] = qconfig
-        kwargs["device_map"] = device_map or {"": device}
-    elif device_map:
-        kwargs["device_map"] = device_map
-    model = LlavaForConditionalGeneration.from_pretrained(folder, **kwargs)
-    if qconfig is None and not device_map:
-        model.to(device)
-    model.eval()
+    model = load_pretrained(LlavaForConditionalGeneration, folder, dtype=dtype, device=device,
+                            quantization=quantization, skip_quantization=SKIP_QUANTIZATION,
+                            device_map=device_map, attn_implementation=attn, trust_remote_code=trust)
 
     processor = pil_processor(folder, trust)
     tokenizer = processor.tokenizer if getattr(processor, "tokenizer", None) is not None else \
@@ -197,13 +168,8 @@ def load_llava(config: dict, device: str = "cpu") -> Loaded:
     if image_token_id != model.config.image_token_id:
         raise ValueError(f"{folder}: tokenizer {IMAGE_TOKEN!r} id {image_token_id} differs from the model's "
                          f"image_token_id {model.config.image_token_id}")
-    return Loaded(model=model, processor=processor, tokenizer=tokenizer, image_token_id=int(image_token_id),
-                  model_id=model_id, n_image_tokens=n_image_tokens_for(model.config), device=str(device),
-                  dtype=dtype, folder=Path(folder), info=info)
-
-
-def pixel_values(loaded: Loaded, images: list) -> "torch.Tensor":  # noqa: F821
-    """Preprocess PIL images (pad to square, resize, normalise) into the model's dtype and device."""
-    batch = loaded.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
-    vision_dtype = next(loaded.model.model.vision_tower.parameters()).dtype
-    return batch.to(loaded.input_device, dtype=vision_dtype if vision_dtype.is_floating_point else loaded.dtype)
+    n_image_tokens = n_image_tokens_for(model.config)
+    codec = LlavaCodec(tokenizer, processor.image_processor, int(image_token_id), n_image_tokens)
+    return Loaded(model=model, processor=processor, tokenizer=tokenizer, codec=codec, model_id=model_id,
+                  device=str(device), dtype=dtype, folder=Path(folder), info=info,
+                  image_token_id=int(image_token_id), n_image_tokens=n_image_tokens)

@@ -11,8 +11,11 @@ placeholder repeated once per image patch as the native transformers model expec
 
 from __future__ import annotations
 
+from typing import Sequence
+
+from derma_vlm.codec import IGNORE_INDEX, left_pad
+
 IMAGE_TOKEN = "<image>"
-IGNORE_INDEX = -100
 
 
 def render_prompt(question: str) -> str:
@@ -67,10 +70,33 @@ def n_image_tokens_for(model_config) -> int:
     return n + (1 if model_config.vision_feature_select_strategy == "full" else 0)
 
 
-def build_question(config: dict) -> str:
-    """The question text for the config's ``prompt`` (through the prompt-builder registry)."""
-    from derma_core import plugins
-    from derma_core.labels import LABELS
+class LlavaCodec:
+    """LLaVA-Med's :class:`derma_vlm.codec.PromptCodec`: the chunked ``mistral_instruct`` prompt,
+    the answer after ``[/INST]``, ``</s>`` as end of turn, ``<image>`` never emitted, pixels from
+    the PIL-backend image processor (pad to square with the mean colour)."""
 
-    builder = plugins.get_prompt_builder(config.get("prompt") or "p1")
-    return builder(LABELS)
+    def __init__(self, tokenizer, image_processor, image_token_id: int, n_image_tokens: int) -> None:
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.image_token_id = int(image_token_id)
+        self.n_image_tokens = int(n_image_tokens)
+        self.end_of_turn_id = int(tokenizer.eos_token_id)
+        self.pad_token_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+        self.suppress_token_ids = (self.image_token_id,)
+        self._prompts: dict[str, list[int]] = {}
+
+    def prompt_ids(self, question: str) -> list[int]:
+        if question not in self._prompts:
+            self._prompts[question] = encode_prompt(self.tokenizer, question, self.image_token_id,
+                                                    self.n_image_tokens)
+        return self._prompts[question]
+
+    def prompt_inputs(self, images: list, questions: Sequence[str]) -> dict:
+        if len(images) != len(questions):
+            raise ValueError(f"{len(questions)} questions for {len(images)} images")
+        input_ids, attention_mask = left_pad([self.prompt_ids(q) for q in questions], self.pad_token_id)
+        pixels = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixels}
+
+    def answer_ids(self, answer: str) -> list[int]:
+        return encode_answer(self.tokenizer, answer)

@@ -32,7 +32,7 @@ def tiny(model_cache):
     """The tiny-random model, loaded in fp32 on the CPU."""
     from derma_llava_med.loading import load_llava
 
-    return load_llava({"model": {"name": "tiny-random"}, "precision": "fp32"}, "cpu")
+    return load_llava({"model": {"name": "tiny-random", "allow_random": True}, "precision": "fp32"}, "cpu")
 
 
 @pytest.fixture(scope="session")

@@ -179,7 +179,7 @@ def test_converted_config_processor_and_template(converted):
     assert loaded.processor.image_processor.do_pad
     text = loaded.processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}], tokenize=False)
-    assert text == f"[INST] <image>\n{QUESTION} [/INST]"
+    assert text == f"[INST] <image> \n{QUESTION} [/INST]"  # a space after <image>: whole = chunked ids
 
 
 def test_vision_weights_come_from_named_tower_like_the_original(original, converted):

@@ -22,15 +22,16 @@ from derma_core.prompts import SEED_PROMPTS
 from derma_core.testing import make_context, make_tiny_dataset
 from derma_llava_med.lora import ADAPTER_DIR, ADAPTER_INFO, CHECKPOINT_DIR, LoraClassifier
 from derma_llava_med.prompting import encode_prompt, encode_training_example
-from derma_llava_med.training import (LM_LINEAR_LAYERS, LlavaCollator, LlavaTrainingDataset, build_lora_model,
-                                      class_weights, lora_target_regex, make_trainer_class, trainable_summary)
+from derma_vlm.training import (LM_LINEAR_LAYERS, AnswerOnlyCollator, AnswerOnlyDataset, build_lora_model,
+                                class_weights, lora_target_regex, make_trainer_class, trainable_summary)
 
 REPO = Path(__file__).resolve().parents[3]
 
 # Fast settings: a tiny LoRA, a high learning rate, no accumulation, one thread.
 FAST = ["precision=fp32", "train.num_workers=0", "train.batch_size=4", "train.grad_accum=1", "train.lr=3e-3",
         "train.projector_lr=3e-3", "lora.r=8", "lora.alpha=16", "lora.dropout=0", "train.warmup_ratio=0.0",
-        "train.scheduler=linear", "train.patience=null", "quiet=true", "inference.batch_size=8"]
+        "train.scheduler=linear", "train.patience=0", "quiet=true", "inference.batch_size=8",
+        "model.name=tiny-random", "model.allow_random=true"]
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +55,7 @@ def easy_dataset(n_train: int = 70, seed: int = 0):
 def _fresh_tiny_model(model_cache):
     from derma_llava_med.loading import load_llava
 
-    return load_llava({"model": {"name": "tiny-random"}, "precision": "fp32"}, "cpu")
+    return load_llava({"model": {"name": "tiny-random", "allow_random": True}, "precision": "fp32"}, "cpu")
 
 
 # -- config -------------------------------------------------------------------------------------
@@ -101,7 +102,9 @@ def test_bad_config_values_are_refused():
         class_weights(np.array([0, 1]), "inverse")
     with pytest.raises(Exception, match="train.sampler"):
         lora_config("train.sampler=oversample")
-    clf = LoraClassifier(lora_config("train.warmup_ratio=1.5"))
+    with pytest.raises(Exception, match="warmup_ratio"):
+        lora_config("train.warmup_ratio=1.5")  # the config's _ranges
+    clf = LoraClassifier(lora_config("train.warmup_ratio=1.0"))  # in range, but no step would train at full LR
     with pytest.raises(ValueError, match="warmup_ratio"):
         clf._validate()
 
@@ -142,12 +145,16 @@ def test_loss_mask_is_exactly_answer_and_eos(tiny, prompt):
 def test_dataset_collator_and_loss_match_the_models_own_loss(tiny, model_cache):
     ds = easy_dataset()
     loaded = _fresh_tiny_model(model_cache)
-    train = LlavaTrainingDataset(ds["train"], loaded.tokenizer, loaded.processor.image_processor, SEED_PROMPTS["p1"],
-                                 loaded.image_token_id, loaded.n_image_tokens, max_length=2048)
+    train = AnswerOnlyDataset(ds["train"], loaded.codec, SEED_PROMPTS["p1"], max_length=2048)
     item = train[3]
     assert item["class_index"] == ds["train"].y[3]
-    assert item["pixel_values"].shape == (3, 32, 32)
-    batch = LlavaCollator(pad_token_id=0)([train[i] for i in range(5)])  # labels of different lengths
+    assert item["pixel_values"].shape == (1, 3, 32, 32)
+    # the generic example is exactly LLaVA's chunked training turn
+    ids, labels = encode_training_example(loaded.tokenizer, SEED_PROMPTS["p1"], LABELS[item["class_index"]],
+                                          loaded.image_token_id, loaded.n_image_tokens)
+    assert item["input_ids"].tolist() == ids and item["labels"].tolist() == labels
+    batch = AnswerOnlyCollator(pad_token_id=0)([train[i] for i in range(5)])  # labels of different lengths
+    assert batch["pixel_values"].shape == (5, 3, 32, 32)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
     Trainer = make_trainer_class()
@@ -169,8 +176,7 @@ def test_dataset_collator_and_loss_match_the_models_own_loss(tiny, model_cache):
     model.eval()
     assert doubled.item() == pytest.approx(2 * ref.item(), rel=1e-5)
     with pytest.raises(ValueError, match="train.max_length"):
-        LlavaTrainingDataset(ds["train"], loaded.tokenizer, loaded.processor.image_processor, SEED_PROMPTS["p1"],
-                             loaded.image_token_id, loaded.n_image_tokens, max_length=20)
+        AnswerOnlyDataset(ds["train"], loaded.codec, SEED_PROMPTS["p1"], max_length=20)
 
 
 # -- what LoRA wraps and trains -------------------------------------------------------------------
@@ -194,9 +200,8 @@ def test_lora_wraps_only_language_model_layers_and_the_projector_trains(model_ca
 
     # one optimizer step: LoRA and the projector move, the vision tower and the base weights do not
     ds = easy_dataset()
-    train = LlavaTrainingDataset(ds["train"], loaded.tokenizer, loaded.processor.image_processor, SEED_PROMPTS["p1"],
-                                 loaded.image_token_id, loaded.n_image_tokens)
-    batch = LlavaCollator(0)([train[i] for i in range(4)])
+    train = AnswerOnlyDataset(ds["train"], loaded.codec, SEED_PROMPTS["p1"])
+    batch = AnswerOnlyCollator(0)([train[i] for i in range(4)])
     snapshot = {n: p.detach().clone() for n, p in model.named_parameters()}
     Trainer = make_trainer_class()
     from transformers import TrainingArguments
@@ -234,7 +239,7 @@ def trained(tmp_path_factory, model_cache):
     clf.fit(ds["train"], ds["val"], ctx)
     model, loaded = clf.trained
     images = [ds["test"].load_image(i) for i in range(len(ds["test"]))]
-    from derma_llava_med.scoring import score_labels
+    from derma_vlm.scoring import score_labels
 
     in_memory = score_labels(loaded, images, SEED_PROMPTS["p1"])
     predictions = clf.predict(ds["test"], ctx)
@@ -265,7 +270,7 @@ def test_short_fine_tune_lowers_val_loss_and_beats_the_prior(trained):
 def test_best_epoch_is_the_saved_adapter(trained):
     """The adapter on disk is the best val macro-F1 epoch, and predict uses it."""
     clf, ds = trained["clf"], trained["ds"]
-    from derma_llava_med.scoring import score_labels
+    from derma_vlm.scoring import score_labels
     from derma_core.evaluation.metrics import classification_metrics
 
     loaded = clf._load(trained["ctx"])
@@ -276,7 +281,7 @@ def test_best_epoch_is_the_saved_adapter(trained):
 
 def test_saved_adapter_gives_identical_predictions(trained, tmp_path):
     ds, config = trained["ds"], trained["config"]
-    from derma_llava_med.scoring import softmax
+    from derma_vlm.scoring import softmax
 
     preds = trained["predictions"]
     # predict (base loaded as zero-shot does + adapter from disk) == the model as trained, in memory
@@ -300,7 +305,7 @@ def test_saved_adapter_gives_identical_predictions(trained, tmp_path):
 
 def test_merge_exports_a_model_that_predicts_the_same(trained, tmp_path):
     from derma_llava_med.loading import load_llava
-    from derma_llava_med.scoring import score_labels
+    from derma_vlm.scoring import score_labels
 
     clf, ds = trained["clf"], trained["ds"]
     ctx = make_context(clf.config, tmp_path)
@@ -341,7 +346,7 @@ def test_qlora_4bit_path_runs_on_cpu(tmp_path, model_cache):
 
 
 # -- resume after a kill ---------------------------------------------------------------------------
-def _resume_child(work_dir: str, model_cache: str) -> None:  # runs in the subprocess
+def _resume_child(work_dir: str, model_cache: str, precision: str) -> None:  # runs in the subprocess
     import os as _os
     import signal as _signal
 
@@ -356,13 +361,14 @@ def _resume_child(work_dir: str, model_cache: str) -> None:  # runs in the subpr
             _os.kill(_os.getpid(), _signal.SIGKILL)
 
     ds = make_tiny_dataset(n_train=16, n_val=7, n_test=7, size=32, learnable=True)
-    config = lora_config("train.epochs=3", "train.eval_at_start=false")
+    config = lora_config("train.epochs=3", "train.eval_at_start=false", f"precision={precision}")
     clf = LoraClassifier(config)
     clf.extra_callbacks.append(KillAfterFirstCheckpoint())
     clf.fit(ds["train"], ds["val"], make_context(config, work_dir))
 
 
-def test_resume_after_kill_continues_from_the_checkpoint(tmp_path, model_cache):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # part of the precision matrix (test_precision.py)
+def test_resume_after_kill_continues_from_the_checkpoint(tmp_path, model_cache, precision):
     work = tmp_path / "work"
     work.mkdir()
     script = textwrap.dedent(f"""
@@ -370,7 +376,7 @@ def test_resume_after_kill_continues_from_the_checkpoint(tmp_path, model_cache):
         spec = importlib.util.spec_from_file_location("lora_test_module", {str(Path(__file__))!r})
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        module._resume_child({str(work)!r}, {str(model_cache)!r})
+        module._resume_child({str(work)!r}, {str(model_cache)!r}, {precision!r})
     """)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DERMA_MODEL_CACHE": str(model_cache)}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
@@ -382,7 +388,8 @@ def test_resume_after_kill_continues_from_the_checkpoint(tmp_path, model_cache):
     assert not (work / ADAPTER_DIR).exists()
 
     ds = make_tiny_dataset(n_train=16, n_val=7, n_test=7, size=32, learnable=True)
-    config = lora_config("train.epochs=3", "train.eval_at_start=false", "train.keep_checkpoints=true")
+    config = lora_config("train.epochs=3", "train.eval_at_start=false", "train.keep_checkpoints=true",
+                         f"precision={precision}")
     ctx = make_context(config, work)
     ctx.resume = True
     clf = LoraClassifier(config)
@@ -393,6 +400,7 @@ def test_resume_after_kill_continues_from_the_checkpoint(tmp_path, model_cache):
     assert info["global_step"] == 3 * steps_per_epoch
     assert info["epochs_run"] == [2, 3]
     assert (work / ADAPTER_DIR / "adapter_model.safetensors").exists()
+    assert json.loads((work / ADAPTER_DIR / ADAPTER_INFO).read_text())["precision"] == precision
     # resuming a finished run reuses the adapter instead of training again
     again = LoraClassifier(config)
     ctx2 = make_context(config, work)
@@ -429,6 +437,7 @@ def test_derma_run_logs_into_one_mlflow_run(mlflow_store, model_cache):
     assert len(runs) == 1  # no stray second run from the Trainer
     r = client.get_run(result.run_id)
     assert r.data.tags["derma.base_model"].startswith("tiny-random")
+    assert r.data.params["model"] == "tiny-random" and r.data.params["precision"] == "fp32"  # what ran
     assert r.data.params["lora_r"] == "8" and r.data.params["class_weight_df"]
     assert "test_macro_f1" in r.data.metrics
     steps = [m.step for m in client.get_metric_history(result.run_id, "val_macro_f1")]
@@ -448,3 +457,4 @@ def test_gpu_check_script_runs_at_tiny_size_on_cpu():
     report = module.main(["--tiny", "--steps", "2", "--r", "8"])
     assert report["steps"] == 2 and report["finite_loss"] and report["seconds_per_step"] > 0
     assert report["trainable_lora_params"] > 0 and report["tokens_per_example"] > report["image_tokens"]
+    assert report["validation"]["ran"] and report["validation"]["finite_label_scores"]  # bf16 4-bit + validation

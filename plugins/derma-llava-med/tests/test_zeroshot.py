@@ -17,13 +17,14 @@ from derma_core.prompts import SEED_PROMPTS
 from derma_core.testing import make_context, make_tiny_dataset
 from derma_llava_med.prompting import (
     encode_prompt, encode_training_example, render_prompt, render_training_turn)
-from derma_llava_med.zeroshot import LlavaClassifier, generate_answers
+from derma_llava_med.zeroshot import LlavaClassifier
+from derma_vlm.generation import generate_answers
 
 P1 = SEED_PROMPTS["p1"]
 
 
 def _config(**kw):
-    base = {"model": {"name": "tiny-random"}, "precision": "fp32", "prompt": "p1", "answer_mode": "generate",
+    base = {"model": {"name": "tiny-random", "allow_random": True}, "precision": "fp32", "prompt": "p1", "answer_mode": "generate",
             "parser": "seed", "inference": {"batch_size": 4, "max_new_tokens": 8}}
     base.update(kw)
     return base
@@ -64,41 +65,45 @@ def test_training_example_masks_everything_but_answer_and_eos(tiny):
 
 
 def test_score_mode_equals_brute_force(tiny, images):
-    from derma_llava_med.scoring import brute_force_scores, continuation_branches, label_token_ids, score_labels
+    from derma_vlm.scoring import brute_force_scores, continuation_branches, label_token_ids, score_labels
 
-    ids = label_token_ids(tiny.tokenizer)
+    ids = label_token_ids(tiny.codec, include_eos=False)
     assert ids[1][0] == ids[2][0] and len(ids[0]) == 3  # bcc/bkl share ▁b; akiec is three pieces
     branches, _ = continuation_branches(ids)
     assert len(branches) == 3
     imgs = images[:2]
-    fast = score_labels(tiny, imgs, P1, batch_size=2)
-    slow = brute_force_scores(tiny, imgs, P1)
+    fast = score_labels(tiny, imgs, P1, batch_size=2, include_eos=False)
+    slow = brute_force_scores(tiny, imgs, P1, include_eos=False)
     np.testing.assert_allclose(fast, slow, atol=2e-4, rtol=1e-5)
     assert np.ptp(fast, axis=1).min() > 0.1  # non-trivial: labels score differently
-    # with </s> scored too, every label needs a continuation branch
-    fast_eos = score_labels(tiny, imgs[:1], P1, include_eos=True)
-    np.testing.assert_allclose(fast_eos, brute_force_scores(tiny, imgs[:1], P1, include_eos=True), atol=2e-4)
-    norm = score_labels(tiny, imgs[:2], P1, length_normalize=True)
+    # the default scores the answer as the model emits it: label then </s>; every label needs a
+    # continuation branch, and the one-piece-free rule holds (mel is ▁mel + </s>, not ▁mel alone)
+    eos_ids = label_token_ids(tiny.codec)
+    assert all(i[-1] == tiny.tokenizer.eos_token_id and i[:-1] == j for i, j in zip(eos_ids, ids))
+    fast_eos = score_labels(tiny, imgs, P1, batch_size=2)
+    np.testing.assert_allclose(fast_eos, brute_force_scores(tiny, imgs, P1), atol=2e-4, rtol=1e-5)
+    assert (fast_eos < fast).all()  # the end of the answer costs probability: no prefix mass collected
+    norm = score_labels(tiny, imgs[:2], P1, length_normalize=True, include_eos=False)
     np.testing.assert_allclose(norm, fast[:2] / np.array([len(i) for i in ids]), atol=1e-6)
 
 
 def test_score_equals_model_loss_without_image_token_exclusion(tiny, images):
     """Against transformers' own loss on the full sequence (image token left in the softmax)."""
-    from derma_llava_med.loading import pixel_values
-    from derma_llava_med.scoring import label_token_ids, score_labels
+    from derma_vlm.scoring import label_token_ids, score_labels
 
-    fast = score_labels(tiny, images[:1], P1, exclude_image_token=False)
+    fast = score_labels(tiny, images[:1], P1, exclude_suppressed=False)
     prompt = encode_prompt(tiny.tokenizer, P1, tiny.image_token_id, tiny.n_image_tokens)
-    for j, lab in enumerate(label_token_ids(tiny.tokenizer)):
+    pixels = tiny.codec.prompt_inputs(images[:1], [P1])["pixel_values"]
+    for j, lab in enumerate(label_token_ids(tiny.codec)):
         seq = torch.tensor([prompt + lab])
         labels = torch.tensor([[-100] * len(prompt) + lab])
         with torch.no_grad():
-            loss = tiny.model(input_ids=seq, pixel_values=pixel_values(tiny, images[:1]), labels=labels).loss
+            loss = tiny.model(input_ids=seq, pixel_values=pixels, labels=labels).loss
         assert fast[0, j] == pytest.approx(-float(loss) * len(lab), abs=2e-4)
 
 
 def test_batched_equals_unbatched(tiny, images):
-    from derma_llava_med.scoring import score_labels
+    from derma_vlm.scoring import score_labels
 
     batched = generate_answers(tiny, images[:4], P1, max_new_tokens=6)
     single = [generate_answers(tiny, [im], P1, max_new_tokens=6)[0] for im in images[:4]]
@@ -113,9 +118,7 @@ def test_batched_equals_unbatched(tiny, images):
 
 
 def test_generate_no_stop_gives_exact_length(tiny, images):
-    from derma_llava_med.zeroshot import generate_answers as gen
-
-    out = gen(tiny, images[:2], P1, max_new_tokens=5, stop_at_eos=False)
+    out = generate_answers(tiny, images[:2], P1, max_new_tokens=5, stop_at_eos=False)
     assert all(len(tiny.tokenizer(t, add_special_tokens=False).input_ids) >= 1 for t in out)
 
 
@@ -194,7 +197,7 @@ def test_sweep_prompts_parent_and_children(mlflow_store, tiny_source, model_cach
     from derma_core.cli import cli
 
     result = CliRunner().invoke(cli, ["sweep-prompts", "--plugin", "llava_zeroshot", "--prompts", "p1,p4",
-                                      "--tracking-uri", mlflow_store, "-o", "data.source=tiny",
+                                      "--tracking-uri", mlflow_store, "-o", "data.source=tiny", "-o", "model.name=tiny-random", "-o", "model.allow_random=true",
                                       "-o", "answer_mode=score", "-o", "evaluation.bootstrap=20", "-o", "quiet=true",
                                       "-o", "precision=fp32"])
     assert result.exit_code == 0, result.output
@@ -217,3 +220,50 @@ def test_llava_convert_command_reports_bad_source(tmp_path):
 
     result = CliRunner().invoke(cli, ["llava", "convert", str(tmp_path), str(tmp_path / "out")])
     assert result.exit_code != 0 and "config.json" in result.output
+
+
+def test_model_name_auto_resolves_by_data_and_refuses_random_weights_on_real_data():
+    from derma_core.config import resolve_config
+    from derma_llava_med.loading import LLAVA_MED, resolve_model_name
+
+    for plugin in ("llava_zeroshot", "llava_lora"):
+        default = resolve_config(plugin)
+        assert default["model"]["name"] == "auto" and default["model"]["allow_random"] is False
+        assert default["inference"]["include_eos"] is True
+    assert resolve_model_name({"model": {"name": "auto"}, "data": {"source": "synthetic"}}) == "tiny-random"
+    assert resolve_model_name({"model": {"name": "auto"}, "data": {"source": "ham10000"}}) == LLAVA_MED
+    assert resolve_model_name({"model": {"name": "/some/folder"}, "data": {"source": "ham10000"}}) == "/some/folder"
+    with pytest.raises(ValueError, match="model.allow_random=true") as err:
+        resolve_model_name({"model": {"name": "tiny-random"}, "data": {"source": "ham10000"}})
+    assert "\n" not in str(err.value)
+    assert resolve_model_name({"model": {"name": "tiny-random", "allow_random": True},
+                               "data": {"source": "ham10000"}}) == "tiny-random"
+    with pytest.raises(ValueError, match="model.name is not set: set it to auto"):
+        resolve_model_name(resolve_config("llava_zeroshot", overrides=["model.name=null"]))
+    # what the runner logs as the curated params (model, precision, image_size): the resolved values
+    config = resolve_config("llava_zeroshot")
+    assert LlavaClassifier(config).resolved_values(config, "cpu") == {
+        "precision": "fp32", "model.name": "tiny-random", "model.image_size": 32}
+    real = resolve_config("llava_zeroshot", overrides=["data.source=ham10000", "precision=bf16"])
+    assert LlavaClassifier(real).resolved_values(real, "cpu") == {
+        "precision": "bf16", "model.name": LLAVA_MED, "model.image_size": 336}
+
+
+def test_seed_preset_is_model_vqa_settings():
+    from pathlib import Path
+
+    from derma_core.config import resolve_config
+
+    preset = Path(__file__).resolve().parents[3] / "configs" / "presets" / "llava_seed.yaml"
+    for plugin in ("llava_zeroshot", "llava_lora"):
+        config = resolve_config(plugin, config_file=preset)
+        assert config["precision"] == "fp16" and config["answer_mode"] == "generate" and config["parser"] == "seed"
+        assert config["inference"]["max_new_tokens"] == 1024 and config["inference"]["batch_size"] == 1
+    # float16 runs on the CPU too: the preset's settings through the zero-shot predict, tiny-random
+    config = resolve_config("llava_zeroshot", config_file=preset,
+                            overrides=["model.name=tiny-random", "model.allow_random=true", "quiet=true",
+                                       "inference.max_new_tokens=3"])
+    clf = LlavaClassifier(config)
+    ds = make_tiny_dataset(n_train=7, n_val=7, n_test=3, size=24)
+    preds = clf.predict(ds["test"], make_context(config))
+    assert clf.loaded.dtype == torch.float16 and len(preds.raw_text) == 3 and preds.info["parser"] == "seed"

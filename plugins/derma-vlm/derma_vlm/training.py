@@ -1,13 +1,16 @@
-"""LoRA/QLoRA training glue: supervised examples, collator, peft wrapping and a Trainer subclass.
+"""LoRA/QLoRA training machinery shared by every VLM backend: answer-only examples, collation,
+peft wrapping and a Trainer subclass.
 
-Everything here follows LLaVA-Med v1.5's own template: an example is the training turn
-``[INST] <image>\\n{question} [/INST] {answer}</s>`` tokenised exactly as inference tokenises the
-prompt (:func:`derma_llava_med.prompting.encode_training_example`), so the fine-tuned model is
-evaluated with the template it learnt. Only the answer tokens and EOS carry loss.
+An example is the prompt exactly as inference builds it (the codec's
+:meth:`~derma_vlm.codec.PromptCodec.prompt_inputs`, generation prompt included), then the
+answer's tokens as the model emits them and the end-of-turn token; only the answer tokens and
+the end-of-turn token carry loss. So the fine-tuned model is evaluated with the template it
+learnt.
 
 The training loop itself is transformers' :class:`~transformers.Trainer`; the subclass here adds
 what it lacks: a separate learning rate for the projector, per-class weighting of the answer-token
-loss, a class-balanced sampler, and validation by label scoring (macro-F1) every epoch.
+loss, a class-balanced sampler, inputs cast by the model's dtype policy
+(:mod:`derma_vlm.precision`), and validation by label scoring (macro-F1) every epoch.
 """
 
 from __future__ import annotations
@@ -21,22 +24,26 @@ import numpy as np
 from derma_core.interfaces import Split
 from derma_core.labels import LABELS, NUM_CLASSES
 
-from .prompting import IGNORE_INDEX, encode_training_example
+from .codec import IGNORE_INDEX, image_keys, per_token_keys
+from .precision import DtypePolicy
 
 log = logging.getLogger(__name__)
 
-#: The language model's linear layers (Mistral/Llama names) LoRA may wrap.
+#: The language model's linear layers (Llama/Mistral/Gemma/Qwen names) LoRA may wrap.
 LM_LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-#: The module trained in full (peft ``modules_to_save``) with its own learning rate.
+#: Where the language model's decoder layers sit in transformers' image-text-to-text models.
+LM_LAYERS = r"language_model\.layers"
+#: The module trained in full (peft ``modules_to_save``) with its own learning rate, by default.
 PROJECTOR = "multi_modal_projector"
 _ATTN = {"q_proj", "k_proj", "v_proj", "o_proj"}
 
 
 # -- peft -------------------------------------------------------------------------------------
-def lora_target_regex(names: Sequence[str]) -> str:
+def lora_target_regex(names: Sequence[str], lm_layers: str = LM_LAYERS) -> str:
     """A peft ``target_modules`` regex matching ``names`` inside the language model's decoder
-    layers only. CLIP's attention also has ``q_proj``/``k_proj``/``v_proj``: a plain list of
-    names would wrap the (frozen) vision tower too, which the regex rules out."""
+    layers only (``lm_layers``: a regex for their container). Vision encoders have ``q_proj``/
+    ``k_proj``/``v_proj`` too: a plain list of names would wrap the (frozen) vision tower, which
+    the regex rules out."""
     names = list(names)
     unknown = [n for n in names if n not in LM_LINEAR_LAYERS]
     if not names or unknown:
@@ -49,17 +56,20 @@ def lora_target_regex(names: Sequence[str]) -> str:
         parts.append(rf"self_attn\.(?:{'|'.join(attn)})")
     if mlp:
         parts.append(rf"mlp\.(?:{'|'.join(mlp)})")
-    return rf"(?:.*\.)?language_model\.layers\.\d+\.(?:{'|'.join(parts)})"
+    return rf"(?:.*\.)?{lm_layers}\.\d+\.(?:{'|'.join(parts)})"
 
 
 def build_lora_model(model, *, r: int, alpha: float, dropout: float, target_modules: Sequence[str],
-                     quantized: bool, gradient_checkpointing: bool):
-    """Wrap ``model`` (a ``LlavaForConditionalGeneration``) with peft LoRA on the language model's
-    linear layers and a trainable copy of the projector (``modules_to_save``).
+                     quantized: bool, gradient_checkpointing: bool, lm_layers: str = LM_LAYERS,
+                     trainable_modules: Sequence[str] = (PROJECTOR,), policy: DtypePolicy | None = None):
+    """Wrap ``model`` with peft LoRA on the language model's linear layers and fully trainable
+    copies of ``trainable_modules`` (peft ``modules_to_save``; the projector by default, none
+    with an empty list).
 
     Quantised models go through ``prepare_model_for_kbit_training`` first (the QLoRA recipe:
     frozen 4-bit base, norms and other small float weights upcast to fp32). Trainable weights are
-    kept in fp32 so bf16/fp16 mixed precision updates them without loss of precision.
+    kept in fp32 (the dtype policy's master weights) so bf16/fp16 mixed precision updates them
+    without loss of precision; forwards run under the policy's autocast.
     """
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -78,16 +88,14 @@ def build_lora_model(model, *, r: int, alpha: float, dropout: float, target_modu
         model.enable_input_require_grads()
         model.config.use_cache = False
     lora = LoraConfig(r=int(r), lora_alpha=float(alpha), lora_dropout=float(dropout),
-                      target_modules=lora_target_regex(target_modules), modules_to_save=[PROJECTOR],
-                      bias="none", task_type="CAUSAL_LM")
+                      target_modules=lora_target_regex(target_modules, lm_layers),
+                      modules_to_save=list(trainable_modules) or None, bias="none", task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, lora)
-    for p in peft_model.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
+    (policy or DtypePolicy(torch.float32)).prepare_trainable(peft_model)
     return peft_model
 
 
-def trainable_summary(model) -> dict[str, int]:
+def trainable_summary(model, trainable_modules: Sequence[str] = (PROJECTOR,)) -> dict[str, int]:
     """Counts of trainable parameters: LoRA, projector, anything else (should be 0), total."""
     out = {"lora": 0, "projector": 0, "other": 0, "total_params": 0}
     for name, p in model.named_parameters():
@@ -96,7 +104,7 @@ def trainable_summary(model) -> dict[str, int]:
             continue
         if "lora_" in name:
             out["lora"] += p.numel()
-        elif PROJECTOR in name:
+        elif any(m in name for m in trainable_modules):
             out["projector"] += p.numel()
         else:
             out["other"] += p.numel()
@@ -127,48 +135,79 @@ def class_weights(y: np.ndarray, mode: str | None, cap: float | None = None) -> 
 
 
 # -- data ---------------------------------------------------------------------------------------
-class LlavaTrainingDataset:
-    """Supervised examples of one split: the training turn for the row's label, and its image.
+def answer_only_example(prompt: dict, answer_ids: Sequence[int], end_of_turn_id: int) -> dict[str, Any]:
+    """One training example from a one-row prompt input dict: ``input_ids`` = prompt + answer +
+    end-of-turn, ``labels`` -100 on the prompt; per-image tensors kept with their leading dim."""
+    import torch
 
-    The prompt is the same for every row, so the seven possible token sequences are encoded once.
-    Images go through the processor's image processor (pad to square, resize, normalise).
-    """
+    from .codec import append_tokens
 
-    def __init__(self, split: Split, tokenizer, image_processor, question: str, image_token_id: int,
-                 n_image_tokens: int, max_length: int | None = None, answers: dict[str, str] | None = None) -> None:
+    target = list(answer_ids) + [int(end_of_turn_id)]
+    full = append_tokens(prompt, target)
+    n = prompt["input_ids"].shape[1]
+    ids = full["input_ids"][0]
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[n:] = torch.tensor(target, dtype=ids.dtype)
+    mask = full["attention_mask"][0]
+    if not bool(mask.all()):
+        raise ValueError("a one-row prompt must not be padded")
+    example = {"input_ids": ids, "labels": labels}
+    for k in per_token_keys(prompt):
+        example[k] = full[k][0]
+    for k in image_keys(prompt):
+        example[k] = prompt[k]
+    return example
+
+
+class AnswerOnlyDataset:
+    """Supervised examples of one split: the row's image, the question, and the row's label as the
+    answer (loss on the answer and end-of-turn only)."""
+
+    def __init__(self, split: Split, codec, question: str, max_length: int | None = None,
+                 answers: dict[str, str] | None = None) -> None:
         self.split = split
-        self.image_processor = image_processor
+        self.codec = codec
+        self.question = question
+        self.max_length = max_length
         self.y = split.y
         if (self.y < 0).any():
             bad = split.frame.loc[self.y < 0, ["id", "label"]].iloc[0]
             raise ValueError(f"split {split.name!r} row id={bad['id']}: label {bad['label']!r} is not one of "
                              f"{', '.join(LABELS)}")
-        answers = answers or {label: label for label in LABELS}
-        self.encoded: list[tuple[list[int], list[int]]] = []
-        for label in LABELS:
-            ids, labels = encode_training_example(tokenizer, question, answers[label], image_token_id, n_image_tokens)
-            if max_length is not None and len(ids) > max_length:
-                raise ValueError(
-                    f"train.max_length={max_length} is shorter than a training example ({len(ids)} tokens: "
-                    f"{n_image_tokens} image tokens + prompt + answer {answers[label]!r}); raise train.max_length "
-                    "(examples are never truncated: cutting the answer would train on a wrong target)")
-            self.encoded.append((ids, labels))
+        self.answers = answers or {label: label for label in LABELS}
+        self.answer_ids = {label: list(codec.answer_ids(text)) for label, text in self.answers.items()}
+        if len(split) and max_length is not None:
+            first = self.split.load_image(0)
+            for label in LABELS:  # fail before training starts, not in the middle of it
+                self._check_length(self._example(first, label), label)
+
+    def _example(self, image, label: str) -> dict[str, Any]:
+        prompt = self.codec.prompt_inputs([image], [self.question])
+        return answer_only_example(prompt, self.answer_ids[label], self.codec.end_of_turn_id)
+
+    def _check_length(self, example: dict, label: str) -> None:
+        n = len(example["input_ids"])
+        if self.max_length is not None and n > self.max_length:
+            raise ValueError(
+                f"train.max_length={self.max_length} is shorter than a training example ({n} tokens: image "
+                f"tokens + prompt + answer {self.answers[label]!r}); raise train.max_length (examples are never "
+                "truncated: cutting the answer would train on a wrong target)")
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        import torch
-
         y = int(self.y[i])
-        ids, labels = self.encoded[y]
-        pixels = self.image_processor(images=[self.split.load_image(i)], return_tensors="pt")["pixel_values"][0]
-        return {"input_ids": torch.tensor(ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long),
-                "pixel_values": pixels, "class_index": y}
+        label = LABELS[y]
+        example = self._example(self.split.load_image(i), label)
+        self._check_length(example, label)
+        example["class_index"] = y
+        return example
 
 
-class LlavaCollator:
-    """Right-pads a batch (loss positions are unaffected: padding comes after EOS and carries no loss)."""
+class AnswerOnlyCollator:
+    """Right-pads a batch (loss positions are unaffected: padding comes after the end-of-turn token
+    and carries no loss); per-image tensors are concatenated along dim 0."""
 
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = int(pad_token_id)
@@ -181,14 +220,23 @@ class LlavaCollator:
         input_ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
         attention = torch.zeros((n, width), dtype=torch.long)
+        token_keys = [k for k, v in features[0].items() if k not in ("input_ids", "labels", "class_index")
+                      and isinstance(v, torch.Tensor) and v.dim() == 1 and len(v) == len(features[0]["input_ids"])]
+        extra = {k: torch.zeros((n, width), dtype=features[0][k].dtype) for k in token_keys}
         for k, f in enumerate(features):
             m = len(f["input_ids"])
             input_ids[k, :m] = f["input_ids"]
             labels[k, :m] = f["labels"]
             attention[k, :m] = 1
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
-                "pixel_values": torch.stack([f["pixel_values"] for f in features]),
-                "class_index": torch.tensor([f["class_index"] for f in features], dtype=torch.long)}
+            for key in token_keys:
+                extra[key][k, :m] = f[key]
+        batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels, **extra,
+                 "class_index": torch.tensor([f["class_index"] for f in features], dtype=torch.long)}
+        for key, value in features[0].items():
+            if key in batch or key in token_keys or not isinstance(value, torch.Tensor):
+                continue
+            batch[key] = torch.cat([f[key] for f in features], dim=0)
+        return batch
 
 
 # -- trainer --------------------------------------------------------------------------------------
@@ -198,7 +246,7 @@ def make_trainer_class():
     import torch.nn.functional as F
     from transformers import Trainer
 
-    class LlavaLoraTrainer(Trainer):
+    class VlmLoraTrainer(Trainer):
         """transformers' Trainer with a projector learning rate, class-weighted answer loss,
         an optional class-balanced sampler and label-scoring validation metrics.
 
@@ -207,12 +255,16 @@ def make_trainer_class():
         """
 
         def __init__(self, *args, projector_lr: float | None = None, class_weights: np.ndarray | None = None,
-                     balanced_sampler: bool = False, label_scorer: Callable | None = None, **kwargs) -> None:
+                     balanced_sampler: bool = False, label_scorer: Callable | None = None,
+                     trainable_modules: Sequence[str] = (PROJECTOR,), dtype_policy: DtypePolicy | None = None,
+                     **kwargs) -> None:
             super().__init__(*args, **kwargs)
             self.projector_lr = projector_lr
             self.loss_class_weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
             self.balanced_sampler = balanced_sampler
             self.label_scorer = label_scorer
+            self.trainable_modules = tuple(trainable_modules)
+            self.dtype_policy = dtype_policy
             # compute_loss below normalises by the token count of the whole accumulated batch
             # (num_items_in_batch), as the model's own loss does; tell Trainer so it counts them.
             self.model_accepts_loss_kwargs = True
@@ -227,7 +279,8 @@ def make_trainer_class():
             for name, p in opt_model.named_parameters():
                 if not p.requires_grad:
                     continue
-                groups.setdefault((PROJECTOR in name, name in decay), []).append(p)
+                is_projector = any(m in name for m in self.trainable_modules)
+                groups.setdefault((is_projector, name in decay), []).append(p)
             projector_lr = self.projector_lr if self.projector_lr is not None else self.args.learning_rate
             param_groups = []
             for (is_projector, decays), params in sorted(groups.items()):
@@ -256,6 +309,9 @@ def make_trainer_class():
             inputs = dict(inputs)
             labels = inputs.pop("labels")
             class_index = inputs.pop("class_index", None)
+            policy = getattr(self, "dtype_policy", None)
+            if policy is not None:  # pixel values in the compute dtype, as at inference
+                inputs = policy.cast_inputs(inputs, labels.device)
             # Project onto the vocabulary only where an answer token is predicted: from the
             # position before the batch's first answer token on (the 576 image and the prompt
             # positions carry no loss). Saves most of the lm_head work and logits memory.
@@ -296,7 +352,7 @@ def make_trainer_class():
                     output.metrics[f"{metric_key_prefix}_{key}"] = value
             return output
 
-    return LlavaLoraTrainer
+    return VlmLoraTrainer
 
 
 def make_run_context_callback(ctx, extra_epoch_metrics: Callable[[], dict] | None = None):

@@ -1,0 +1,409 @@
+""":class:`VlmLoraClassifier`: LoRA / QLoRA fine-tuning of a VLM, evaluated like zero-shot.
+
+``fit`` trains a peft LoRA adapter on the language model's linear layers (q, k, v, o, gate, up,
+down; the vision encoder is frozen and never wrapped) plus fully trained copies of the family's
+``trainable_modules`` (the projector), on answer-only examples built with the codec inference
+uses (loss on the answer and the end-of-turn token only). ``quantization: 4bit`` is QLoRA (nf4,
+double quantisation, k-bit training preparation). Validation runs every epoch by label scoring
+(val macro-F1); the best epoch's adapter is kept, training stops early after ``train.patience``
+epochs without improvement (0 or null: never), and a killed run resumes from its last
+checkpoint (``derma run --resume``). Every forward -- training, per-epoch scoring, test
+prediction -- follows the model's one dtype policy (:mod:`derma_vlm.precision`).
+
+The adapter is saved as safetensors under ``<work_dir>/adapter`` with the base model's id
+(``adapter_config.json`` and tag ``derma.base_model``) and logged with the run. ``predict`` is
+:class:`~derma_vlm.classifier.VlmClassifier`'s, unchanged: the base model is loaded exactly as
+for zero-shot and the adapter put on it. ``lora.adapter: PATH`` skips training and evaluates an
+existing adapter; ``merge: true`` also writes a merged full model. Under torchrun (or
+``accelerate launch``) Trainer's DDP trains one adapter, written by rank 0.
+
+A family subclasses it with ``load_base``, ``trainable_modules``, ``lm_layers`` and ``template``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from derma_core.config import get_dotted as _get
+from derma_core.interfaces import RunContext, Split
+
+from .classifier import VlmClassifier
+from .training import LM_LAYERS, PROJECTOR
+
+log = logging.getLogger(__name__)
+
+ADAPTER_DIR = "adapter"
+CHECKPOINT_DIR = "lora_checkpoints"
+MERGED_DIR = "merged"
+#: Written last into a finished adapter folder: its presence means training completed.
+ADAPTER_INFO = "derma_adapter.json"
+TAG_BASE_MODEL = "derma.base_model"
+TAG_ADAPTER = "derma.adapter_sha256"
+SAMPLERS = ("none", "balanced")
+
+
+def adapter_checksum(folder: Path) -> str:
+    """SHA-256 of the adapter weights (what changes the answers)."""
+    h = hashlib.sha256()
+    for name in sorted(p.name for p in Path(folder).glob("*.safetensors")):
+        with open(Path(folder) / name, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _unwrap_peft(model):
+    """The base model inside a PeftModel (its layers carry the adapter in place)."""
+    from peft import PeftModel
+
+    return model.base_model.model if isinstance(model, PeftModel) else model
+
+
+class VlmLoraClassifier(VlmClassifier):
+    """A VLM + a LoRA adapter trained in ``fit``; ``predict`` is the zero-shot one."""
+
+    name = "vlm_lora"
+    #: Modules trained in full (peft ``modules_to_save``): the projector / connector.
+    trainable_modules: tuple[str, ...] = (PROJECTOR,)
+    #: Regex of the language model's decoder-layer container (LoRA wraps only inside it).
+    lm_layers: str = LM_LAYERS
+    #: The training template, recorded with the adapter.
+    template: str = "the model's chat template: user turn (image + question), assistant turn {answer}<end-of-turn>"
+
+    def __init__(self, config: dict) -> None:
+        super().__init__(config)
+        self.adapter_dir: Path | None = None
+        self.adapter_sha: str | None = None
+        self.base_model_id: str | None = None
+        #: Extra transformers TrainerCallbacks (tests, custom logging).
+        self.extra_callbacks: list = []
+        #: After fit: training summary (best epoch, metrics, resume point).
+        self.train_info: dict[str, Any] = {}
+        #: After fit, until predict loads the saved adapter: (peft model, Loaded) of training.
+        self.trained: tuple[Any, Any] | None = None
+
+    # -- config --------------------------------------------------------------------------------
+    def _c(self, key: str, default: Any = None) -> Any:
+        return _get(self.config, key, default)
+
+    def _validate(self) -> None:
+        sampler = self._c("train.sampler", "none") or "none"
+        if sampler not in SAMPLERS:
+            raise ValueError(f"train.sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        for key in ("lora.r", "train.epochs", "train.batch_size", "train.grad_accum"):
+            value = self._c(key)
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{key} must be at least 1, got {value!r}")
+        warmup = float(self._c("train.warmup_ratio", 0.0) or 0.0)
+        if not 0.0 <= warmup < 1.0:
+            raise ValueError(f"train.warmup_ratio must be in [0, 1), got {warmup!r}")
+        if self._c("quantization") and self._c("precision") == "fp16":
+            log.warning("QLoRA with fp16 compute is less stable than bf16; prefer precision: bf16")
+
+    # -- training ------------------------------------------------------------------------------
+    def fit(self, train: Split, val: Split, ctx: RunContext) -> None:
+        self._validate()
+        given = self._c("lora.adapter")
+        if given:
+            folder = Path(given).expanduser()
+            if not (folder / "adapter_config.json").exists():
+                raise FileNotFoundError(f"lora.adapter {str(folder)!r} has no adapter_config.json: not a peft "
+                                        "adapter folder (a LoRA run writes one to <work_dir>/adapter)")
+            self._use_adapter(folder, ctx, trained_here=False)
+            return
+        out = Path(ctx.work_dir) / ADAPTER_DIR
+        if ctx.resume and (out / ADAPTER_INFO).exists():
+            log.info("%s: resuming a run whose training had finished; reusing %s", self.name, out)
+            self.train_info = json.loads((out / ADAPTER_INFO).read_text()).get("training", {})
+            self._use_adapter(out, ctx, trained_here=False)
+            return
+        self._train(train, val, ctx, out)
+
+    def _train(self, train: Split, val: Split, ctx: RunContext, out: Path) -> None:
+        from transformers import EarlyStoppingCallback
+        from transformers.trainer_utils import get_last_checkpoint
+
+        from .training import (AnswerOnlyCollator, AnswerOnlyDataset, build_lora_model, class_weights,
+                               make_run_context_callback, make_trainer_class, trainable_summary)
+
+        started = time.perf_counter()
+        loaded = self.load_base(self.config, ctx.device)
+        self.base_model_id = loaded.model_id
+        quantized = bool(self._c("quantization"))
+        gc_on = bool(self._c("train.gradient_checkpointing", True))
+        model = build_lora_model(loaded.model, r=self._c("lora.r", 128), alpha=self._c("lora.alpha", 256),
+                                 dropout=self._c("lora.dropout", 0.05),
+                                 target_modules=self._c("lora.target_modules") or
+                                 ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                 quantized=quantized, gradient_checkpointing=gc_on, lm_layers=self.lm_layers,
+                                 trainable_modules=self.trainable_modules, policy=loaded.policy)
+        counts = trainable_summary(model, self.trainable_modules)
+        if counts["other"]:
+            raise RuntimeError(f"{self.name}: {counts['other']} trainable parameters outside LoRA and the projector")
+        if ctx.is_main_process:
+            ctx.tracker.set_tags({TAG_BASE_MODEL: loaded.model_id})
+            ctx.tracker.log_params({"base_model": loaded.model_id, **self._train_params(),
+                                    "trainable_lora_params": counts["lora"],
+                                    "trainable_projector_params": counts["projector"]})
+
+        question = self.question()
+        max_length = self._c("train.max_length")
+        train_ds = AnswerOnlyDataset(train, loaded.codec, question, max_length)
+        val_ds = AnswerOnlyDataset(val, loaded.codec, question, max_length)
+        weights = class_weights(train.y, self._c("class_weighting.mode", "none"), self._c("class_weighting.cap"))
+        if weights is not None and ctx.is_main_process:
+            from derma_core.labels import LABELS
+
+            ctx.tracker.log_params({f"class_weight_{label}": round(float(w), 4) for label, w in zip(LABELS, weights)})
+
+        args = self._training_arguments(ctx, Path(ctx.work_dir) / CHECKPOINT_DIR, loaded.policy, len(train_ds))
+        Trainer = make_trainer_class()
+        reporter = make_run_context_callback(ctx)
+        callbacks = [reporter, *self.extra_callbacks]
+        patience = self._c("train.patience")
+        if patience:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=int(patience)))
+        trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                          data_collator=AnswerOnlyCollator(loaded.codec.pad_token_id), callbacks=callbacks,
+                          projector_lr=self._c("train.projector_lr"), class_weights=weights,
+                          balanced_sampler=(self._c("train.sampler", "none") == "balanced"),
+                          label_scorer=self._label_scorer(loaded, val, question, ctx),
+                          trainable_modules=self.trainable_modules, dtype_policy=loaded.policy)
+        resume_from = None
+        if ctx.resume and Path(args.output_dir).exists():
+            resume_from = get_last_checkpoint(args.output_dir)
+        if resume_from:
+            log.info("%s: resuming training from %s", self.name, resume_from)
+        elif self._c("train.eval_at_start", True):
+            # Epoch 0: the untrained model on val (loss and label-scoring macro-F1), the baseline
+            # every later epoch is compared with. Not a candidate for the best checkpoint.
+            trainer.evaluate()
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        state = trainer.state
+        best_epoch = None
+        if state.best_model_checkpoint:
+            best_step = int(Path(state.best_model_checkpoint).name.split("-")[-1])
+            best_epoch = next((round(h["epoch"]) for h in state.log_history
+                               if h.get("step") == best_step and "eval_loss" in h), None)
+        self.train_info = {
+            "resumed_from": resume_from, "first_step": reporter.first_step, "global_step": state.global_step,
+            "epochs_run": [e for e in reporter.epochs_reported if e > 0], "best_val_macro_f1": state.best_metric,
+            "best_epoch": best_epoch, "best_checkpoint": state.best_model_checkpoint,
+            "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)),
+            "eval_history": [{"epoch": epoch, **metrics} for epoch, metrics in reporter.history],
+            **{f"trainable_{k}": v for k, v in counts.items()},
+        }
+        if ctx.is_main_process:
+            summary = {"lora_train_seconds": time.perf_counter() - started}
+            if state.best_metric is not None:
+                summary["best_val_macro_f1"] = float(state.best_metric)
+            if best_epoch is not None:
+                summary["best_epoch"] = float(best_epoch)
+            ctx.log_metrics(summary)
+            self._save_adapter(model, out, loaded.model_id, ctx)
+            if not self._c("train.keep_checkpoints", False):
+                shutil.rmtree(args.output_dir, ignore_errors=True)
+        if ctx.world_size > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.barrier()
+        self.trained = (model, dataclasses.replace(loaded, model=_unwrap_peft(model)))
+        del trainer
+        self._use_adapter(out, ctx, trained_here=True)
+        if self._c("merge", False) and ctx.is_main_process:
+            self.release_training_model()
+            self.export_merged(ctx)
+
+    def _train_params(self) -> dict[str, Any]:
+        keys = ("lora.target_modules", "train.projector_lr", "train.grad_accum", "train.warmup_ratio",
+                "train.gradient_checkpointing", "train.max_length", "train.patience")
+        return {k.split(".")[-1] if k.startswith("train.") else k.replace(".", "_"): self._c(k) for k in keys}
+
+    def _training_arguments(self, ctx: RunContext, output_dir: Path, policy, n_train: int):
+        from transformers import TrainingArguments
+
+        batch = int(self._c("train.batch_size", 2))
+        steps_per_epoch = max(1, -(-n_train // (batch * int(self._c("train.grad_accum", 8)) * ctx.world_size)))
+        logging_steps = int(self._c("train.logging_steps", 10) or 10)
+        return TrainingArguments(
+            output_dir=str(output_dir),
+            num_train_epochs=float(self._c("train.epochs", 3)),
+            per_device_train_batch_size=batch,
+            per_device_eval_batch_size=int(self._c("inference.batch_size", batch)),
+            gradient_accumulation_steps=int(self._c("train.grad_accum", 8)),
+            learning_rate=float(self._c("train.lr", 2e-5)),
+            weight_decay=float(self._c("train.weight_decay", 0.01)),
+            lr_scheduler_type=self._c("train.scheduler", "cosine"),
+            warmup_steps=float(self._c("train.warmup_ratio", 0.03)),  # a float < 1 is a ratio of all steps
+            optim=self._c("train.optimizer", "adamw_torch"),
+            **policy.trainer_flags(),  # the same autocast as scoring and prediction
+            activation_checkpointing=bool(self._c("train.gradient_checkpointing", True)),
+            activation_checkpointing_kwargs={"use_reentrant": False},
+            eval_strategy="epoch",
+            save_strategy="epoch",
+            logging_strategy="steps",
+            logging_steps=max(1, min(logging_steps, steps_per_epoch)),
+            load_best_model_at_end=True,
+            metric_for_best_model="macro_f1",
+            greater_is_better=True,
+            save_total_limit=2,  # the best and the last (resume point); Trainer never deletes the best
+            prediction_loss_only=True,
+            remove_unused_columns=False,
+            label_names=["labels"],
+            dataloader_num_workers=int(self._c("train.num_workers", 0)),
+            report_to="none",  # metrics go to the core's MLflow run through ctx, not a second run
+            disable_tqdm=bool(ctx.quiet or not ctx.is_main_process),
+            seed=int(ctx.seed),
+            use_cpu=str(ctx.device) == "cpu",
+            ddp_find_unused_parameters=False,  # every trainable weight is used on every step
+        )
+
+    def _label_scorer(self, loaded, val: Split, question: str, ctx: RunContext):
+        """``scorer(model) -> metrics``: label scoring of the val split (sharded over DDP ranks)."""
+        from derma_core.evaluation.metrics import classification_metrics
+
+        from .scoring import score_labels
+
+        batch = int(self._c("inference.batch_size", 8))
+        length_normalize = bool(self._c("inference.length_normalize", False))
+        include_eos = bool(self._c("inference.include_eos", True))
+        rank, world = ctx.rank, ctx.world_size
+
+        def scorer(model) -> dict[str, float]:
+            scoring = dataclasses.replace(loaded, model=_unwrap_peft(model))
+            idx = np.arange(len(val))[rank::world]
+            scores = np.zeros((len(idx), 7))
+            for start in range(0, len(idx), 64):  # 64 images in memory at a time
+                rows = idx[start:start + 64]
+                images = [val.load_image(int(i)) for i in rows]
+                scores[start:start + len(rows)] = score_labels(scoring, images, question, batch_size=batch,
+                                                               length_normalize=length_normalize,
+                                                               include_eos=include_eos)
+            pred = scores.argmax(axis=1)
+            if world > 1:
+                from .distributed import gather_dicts
+
+                gathered = gather_dicts({int(i): int(p) for i, p in zip(idx, pred)}, world)
+                pred = np.array([gathered[i] for i in range(len(val))], dtype=np.int64)
+            m = classification_metrics(val.y, pred)
+            return {k: m[k] for k in ("macro_f1", "accuracy", "balanced_accuracy")}
+
+        return scorer
+
+    # -- the adapter -----------------------------------------------------------------------------
+    def _save_adapter(self, model, out: Path, base_model_id: str, ctx: RunContext) -> None:
+        """Write the (best) adapter atomically as safetensors and log it with the base model's id."""
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        model.save_pretrained(tmp, safe_serialization=True)
+        # Record the base model's id (not the local cache folder peft writes) for whoever loads it.
+        cfg_path = tmp / "adapter_config.json"
+        adapter_cfg = json.loads(cfg_path.read_text())
+        adapter_cfg["base_model_name_or_path"] = base_model_id
+        cfg_path.write_text(json.dumps(adapter_cfg, indent=2))
+        info = {"base_model": base_model_id, "prompt": self.config.get("prompt"), "question": self.question(),
+                "template": self.template,
+                "precision": self._c("precision"), "quantization": self._c("quantization"),
+                "lora": self._c("lora"), "train": self._c("train"), "class_weighting": self._c("class_weighting"),
+                "training": {k: v for k, v in self.train_info.items() if k != "eval_history"},
+                "eval_history": self.train_info.get("eval_history")}
+        (tmp / ADAPTER_INFO).write_text(json.dumps(info, indent=2, default=str))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        sha = adapter_checksum(out)
+        ctx.tracker.set_tags({TAG_BASE_MODEL: base_model_id, TAG_ADAPTER: sha})
+        if _get(self.config, "tracking.log_model", True):
+            ctx.tracker.log_artifacts(out, ADAPTER_DIR)
+
+    def _use_adapter(self, folder: Path, ctx: RunContext, trained_here: bool) -> None:
+        self.adapter_dir = Path(folder)
+        self.adapter_sha = adapter_checksum(self.adapter_dir)
+        info_path = self.adapter_dir / ADAPTER_INFO
+        info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        base = info.get("base_model")
+        if base is None:
+            cfg = json.loads((self.adapter_dir / "adapter_config.json").read_text())
+            base = cfg.get("base_model_name_or_path")
+        self.base_model_id = self.base_model_id or base
+        if not trained_here and ctx.is_main_process:
+            ctx.tracker.set_tags({TAG_BASE_MODEL: base, TAG_ADAPTER: self.adapter_sha,
+                                  "derma.adapter_path": str(self.adapter_dir.resolve())})
+        if info.get("question") and info["question"] != self.question():
+            log.warning("%s: the adapter was trained with a different question (prompt %r) than this "
+                        "run asks (prompt %r)", info.get("prompt"), self.config.get("prompt"))
+
+    def release_training_model(self) -> None:
+        """Free the training copy of the model (before loading the saved adapter for inference)."""
+        if self.trained is None:
+            return
+        self.trained = None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:  # pragma: no cover
+            pass
+
+    # -- inference: the zero-shot predict with the adapter loaded ------------------------------
+    def _signature_extra(self) -> Any:
+        return {"adapter_sha256": self.adapter_sha}
+
+    def _load(self, ctx: RunContext):
+        """The base model loaded exactly as zero-shot loads it, with the saved adapter on it."""
+        if self.loaded is None:
+            if self.adapter_dir is None:
+                raise RuntimeError(f"{self.name}: predict() needs a trained adapter: call fit() first or set "
+                                   "lora.adapter to an adapter folder")
+            self.release_training_model()
+            from peft import PeftModel
+
+            base = self.load_base(self.config, ctx.device)
+            peft_model = PeftModel.from_pretrained(base.model, str(self.adapter_dir), is_trainable=False)
+            peft_model.eval()
+            self._peft_model = peft_model
+            self.loaded = dataclasses.replace(
+                base, model=_unwrap_peft(peft_model),
+                model_id=f"{base.model_id} + LoRA {self.adapter_sha[:12]}",
+                info={**base.info, "adapter": str(self.adapter_dir), "adapter_sha256": self.adapter_sha})
+        return self.loaded
+
+    def export_merged(self, ctx: RunContext) -> Path:
+        """``merge: true``: the base model with the adapter merged in, as a standalone HF folder
+        (``<work_dir>/merged``). A quantised base is reloaded unquantised for the merge."""
+        from peft import PeftModel
+
+        config = {**self.config, "quantization": None}
+        base = self.load_base(config, "cpu" if self._c("quantization") else ctx.device)
+        merged = PeftModel.from_pretrained(base.model, str(self.adapter_dir)).merge_and_unload()
+        out = Path(ctx.work_dir) / MERGED_DIR
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        merged.save_pretrained(tmp, safe_serialization=True)
+        base.processor.save_pretrained(tmp)
+        (tmp / ADAPTER_INFO).write_text(json.dumps({"base_model": base.model_id, "adapter_sha256": self.adapter_sha,
+                                                    "merged": True}, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        ctx.tracker.set_tags({"derma.merged_model": str(out.resolve())})
+        del merged, base
+        gc.collect()
+        return out
+
+    def log_model(self, ctx: RunContext) -> None:
+        """The adapter is logged as soon as training ends (see ``fit``); nothing more to log."""

@@ -1,6 +1,6 @@
-"""derma plugin: the ResNet-18 CNN baseline (torchvision), faithful to the original study's recipe.
+"""derma plugin: the CNN baseline (torchvision ResNet-18, or any timm model), faithful to the original study's recipe.
 
-Registers the ``resnet18`` backend. torch is imported only when a run builds the classifier,
+Registers the ``resnet18`` backend, and the same backend as ``cnn``. torch is imported only when a run builds the classifier,
 so ``derma --help`` and ``derma plugins`` stay fast.
 """
 
@@ -20,3 +20,7 @@ def _factory(config: dict):
 @hookimpl
 def register_classifiers(register):
     register("resnet18", _factory)
+    # the same backend under a name that does not suggest one architecture (model.arch picks it)
+    from derma_core.config import configs_dir
+
+    register("cnn", _factory, config=str(configs_dir() / "resnet18.yaml"))

@@ -1,9 +1,8 @@
 """Feeding batches: uint8 images from the prep cache, epoch-seeded (and distributed) sampling.
 
-A batch is one fancy-index gather from the split's memory-mapped uint8 cache ``(N, H, W, 3)``:
-no JPEG decoding, no per-image Python work. Its ``(B, H, W, 3)`` layout, viewed as
-``(B, 3, H, W)``, is already channels-last. Without a cache (a source that has none) images
-are decoded with :meth:`Split.load_image` and resized like ``derma prep`` does: correct but slower.
+A batch is one fancy-index gather from the split's memory-mapped uint8 cache ``(N, H, W, 3)``
+(:mod:`derma_core.data.cache`, shared with feature extraction): no JPEG decoding, no per-image
+Python work. Its ``(B, H, W, 3)`` layout, viewed as ``(B, 3, H, W)``, is already channels-last.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from derma_core.data.cache import check_cache, image_side, read_images
 from derma_core.interfaces import Split
 from derma_core.labels import NUM_CLASSES
 from derma_core.reproducibility import seed_worker
@@ -31,11 +31,7 @@ class SplitImages(torch.utils.data.Dataset):
         self.split = split
         self.size = int(size)
         self.y = np.array(split.y, dtype=np.int64)  # writable (pandas may hand out read-only views)
-        if split.cache is not None:
-            shape = tuple(split.cache.shape)
-            if len(shape) != 4 or shape[-1] != 3 or split.cache.dtype != np.uint8:
-                raise ValueError(f"split {split.name!r}: image cache has shape {shape} {split.cache.dtype}; "
-                                 "expected uint8 (N, H, W, 3): re-run `derma prep`")
+        check_cache(split)
 
     def __len__(self) -> int:
         return len(self.split)
@@ -47,24 +43,11 @@ class SplitImages(torch.utils.data.Dataset):
     @property
     def image_size(self) -> int:
         """The side of the images this dataset returns (the cache's, else the decode size)."""
-        return int(self.split.cache.shape[1]) if self.cached else self.size
-
-    def _decode(self, i: int) -> np.ndarray:
-        from derma_core.data.resize import resize_image
-
-        image = self.split.load_image(int(i))
-        if image.size != (self.size, self.size):
-            image = resize_image(image, self.size, "squash")
-        return np.asarray(image, dtype=np.uint8)
+        return image_side(self.split, self.size)
 
     def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.asarray(indices, dtype=np.int64)
-        if self.cached:
-            images = np.ascontiguousarray(self.split.cache[idx])
-        else:
-            images = np.stack([self._decode(i) for i in idx]) if len(idx) else \
-                np.zeros((0, self.size, self.size, 3), np.uint8)
-        return torch.from_numpy(images), torch.from_numpy(self.y[idx])
+        return torch.from_numpy(read_images(self.split, idx, self.size)), torch.from_numpy(self.y[idx])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = self.__getitems__([i])

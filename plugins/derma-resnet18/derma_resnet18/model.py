@@ -1,14 +1,19 @@
-"""The network: torchvision's ResNet-18 with dropout before a 7-way head, and its weights.
+"""The network: a backbone with dropout before a 7-way head, and its weights.
 
 The original used timm's ``resnet18(drop_rate=p)``: global average pool, dropout, linear head.
-:class:`DermaResNet18` is the same architecture on torchvision's backbone; ``weights``
-``imagenet`` loads ``ResNet18_Weights.IMAGENET1K_V1`` into it.
+``model.arch: resnet18`` (the default) is :class:`DermaResNet18`, the same architecture on
+torchvision's backbone; ``weights: imagenet`` loads ``ResNet18_Weights.IMAGENET1K_V1`` into it.
+Any other ``model.arch`` is a timm model name (``convnext_atto``, ``vit_tiny_patch16_224``;
+``timm:resnet18`` for timm's own ResNet-18, the original's): :class:`TimmNet`, built with
+``timm.create_model(name, num_classes=0, **model.kwargs)``, with timm's pretrained weights
+(``weights: imagenet``, through the Hugging Face hub cache) and the model's own preprocessing.
 """
 
 from __future__ import annotations
 
 import os
 import urllib.error
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -129,16 +134,168 @@ def load_into(model: DermaResNet18, state: dict[str, torch.Tensor], source: str)
     return "backbone"
 
 
-def build_model(weights: str, dropout: float, num_classes: int = NUM_CLASSES, progress: bool = True) -> DermaResNet18:
-    """A :class:`DermaResNet18` with ``weights``: ``imagenet``, ``none`` (random init) or a PATH."""
+#: The arch that is torchvision's ResNet-18 (today's default); every other name goes to timm.
+TORCHVISION_ARCH = "resnet18"
+
+
+def is_timm_arch(arch: str) -> bool:
+    return arch != TORCHVISION_ARCH
+
+
+def timm_name(arch: str) -> str:
+    """The timm model name of ``arch`` (``timm:resnet18`` -> ``resnet18``)."""
+    return arch.removeprefix("timm:")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a network expects: input side (px) and per-channel mean/std on [0, 1] values."""
+
+    input_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+def timm_preprocessing(arch: str, kwargs: dict | None = None) -> Preprocessing:
+    """The pretrained config's preprocessing of a timm model (``timm.data.resolve_data_config``)."""
+    timm = _timm()
+    name = timm_name(arch)
+    if not timm.is_model(name):
+        raise WeightsError(f"model.arch={arch}: not torchvision's resnet18 nor a timm model "
+                           "(list them with `python -c \"import timm; print(timm.list_models())\"`)")
+    from timm.data import resolve_data_config
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    data = resolve_data_config({}, pretrained_cfg=cfg.to_dict() if cfg is not None else {})
+    size = int((kwargs or {}).get("img_size") or data["input_size"][-1])
+    return Preprocessing(size, tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"]))
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise WeightsError("model.arch names a timm model but timm is not installed: pip install timm") from None
+    return timm
+
+
+class TimmNet(nn.Module):
+    """A timm backbone (pooled features) -> dropout -> linear head, fed ImageNet-normalised input.
+
+    The data path normalises every batch with ImageNet's mean/std (the seed's); a model whose
+    pretrained config has another mean/std (ViTs' 0.5/0.5, CLIP's) gets its own normalisation
+    back from a fixed per-channel affine map, ``x * scale + shift`` (exact, and cheaper than
+    a second normalisation pass), so ``training.py`` and the logged model need no per-arch code.
+    """
+
+    def __init__(self, arch: str, num_classes: int = NUM_CLASSES, dropout: float = 0.0,
+                 kwargs: dict | None = None, image_size: int | None = None, pretrained: bool = False) -> None:
+        super().__init__()
+        timm = _timm()
+        name = timm_name(arch)
+        self.arch, self.kwargs = arch, dict(kwargs or {})
+        extra = dict(self.kwargs)
+        prep = timm_preprocessing(arch, kwargs)
+        cfg = _pretrained_cfg(name)
+        if image_size and cfg.get("fixed_input_size") and "img_size" not in extra:
+            extra["img_size"] = int(image_size)  # ViTs: position embeddings for this side
+        try:
+            self.backbone = timm.create_model(name, pretrained=pretrained, num_classes=0, **extra)
+        except TypeError as exc:
+            raise WeightsError(f"model.kwargs={self.kwargs}: timm's {name} does not take them ({exc})") from None
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(int(self.backbone.num_features), num_classes)
+        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        own_mean, own_std = torch.tensor(prep.mean), torch.tensor(prep.std)
+        self.register_buffer("in_scale", (std / own_std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("in_shift", ((mean - own_mean) / own_std).view(1, 3, 1, 1), persistent=False)
+        self.renormalise = bool(prep.mean != IMAGENET_MEAN or prep.std != IMAGENET_STD)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.renormalise:
+            x = x * self.in_scale.to(x.dtype) + self.in_shift.to(x.dtype)
+        return self.head(self.dropout(self.backbone(x)))
+
+
+def _pretrained_cfg(name: str) -> dict:
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    return cfg.to_dict() if cfg is not None else {}
+
+
+def _timm_pretrained(arch: str, dropout: float, num_classes: int, kwargs: dict | None,
+                     image_size: int | None) -> TimmNet:
+    """A :class:`TimmNet` with timm's pretrained weights; offline without them, one line saying what to do."""
+    name = timm_name(arch)
+    try:
+        return TimmNet(arch, num_classes, dropout, kwargs, image_size, pretrained=True)
+    except WeightsError:
+        raise
+    except Exception as exc:  # hub/network errors come in many types (OSError, HfHubHTTPError, LocalEntryNotFoundError)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        hub = _pretrained_cfg(name).get("hf_hub_id") or name
+        raise WeightsError(
+            f"model.weights=imagenet: cannot load timm's pretrained {name} ({reason}); offline, put it in the "
+            f"Hugging Face cache first (`huggingface-cli download {hub}` on a connected machine, copy HF_HOME), "
+            "or use -o model.weights=none / -o model.weights=PATH") from None
+
+
+def load_timm_into(model: TimmNet, state: dict[str, torch.Tensor], source: str) -> str:
+    """Load a derma state dict (``backbone.*``/``head.*``) fully, or a timm model's state dict into
+    the backbone (its classifier keys are dropped: the 7-way head stays fresh)."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith("backbone.") for k in state):
+        _load_strict(model, state, source, f"a derma {model.arch} state dict")
+        return "full"
+    own = set(model.backbone.state_dict())
+    body = {k: v for k, v in state.items() if k in own}
+    if not body:
+        raise WeightsError(f"{source}: not a {timm_name(model.arch)} state dict (no matching keys; "
+                           f"first keys {list(state)[:3]})")
+    _load_strict(model.backbone, body, source, f"a {timm_name(model.arch)} state dict")
+    return "backbone"
+
+
+def build_net(arch: str, dropout: float, num_classes: int = NUM_CLASSES, kwargs: dict | None = None,
+              image_size: int | None = None) -> nn.Module:
+    """The untrained network of ``arch`` (random init; what checkpoints are loaded into)."""
+    if not is_timm_arch(arch):
+        return DermaResNet18(num_classes, dropout)
+    return TimmNet(arch, num_classes, dropout, kwargs, image_size)
+
+
+def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> str:
+    """:func:`load_into` for either kind of network."""
+    if isinstance(model, TimmNet):
+        return load_timm_into(model, state, source)
+    return load_into(model, state, source)
+
+
+def build_model(weights: str, dropout: float, num_classes: int = NUM_CLASSES, progress: bool = True,
+                arch: str = TORCHVISION_ARCH, kwargs: dict | None = None,
+                image_size: int | None = None) -> nn.Module:
+    """The network of ``arch`` with ``weights``: ``imagenet``, ``none`` (random init) or a PATH.
+
+    ``resnet18`` is :class:`DermaResNet18` (torchvision); any other ``arch`` a :class:`TimmNet`
+    (``kwargs`` go to ``timm.create_model``; ``image_size`` sizes fixed-input models such as ViTs).
+    """
+    if weights == "auto":
+        raise ValueError("model.weights=auto must be resolved (recipe.resolve_weights) before build_model")
+    if is_timm_arch(arch):
+        if weights == "imagenet":
+            return _timm_pretrained(arch, dropout, num_classes, kwargs, image_size)
+        model = TimmNet(arch, num_classes, dropout, kwargs, image_size)
+        if weights != "none":
+            load_timm_into(model, read_weights_file(weights), f"model.weights={weights}")
+        return model
     model = DermaResNet18(num_classes, dropout)
     if weights == "none":
         return model
     if weights == "imagenet":
         load_into(model, imagenet_state_dict(progress), "ImageNet weights")
         return model
-    if weights == "auto":
-        raise ValueError("model.weights=auto must be resolved (recipe.resolve_weights) before build_model")
     load_into(model, read_weights_file(weights), f"model.weights={weights}")
     return model
 
@@ -148,7 +305,7 @@ class ProbabilityModel(nn.Module):
     ``(B, 7)`` out (LABELS order). Resizing to the trained size and ImageNet normalisation are
     inside, so the logged model needs no derma code to preprocess."""
 
-    def __init__(self, net: DermaResNet18, image_size: int) -> None:
+    def __init__(self, net: nn.Module, image_size: int) -> None:
         super().__init__()
         self.net = net
         self.image_size = int(image_size)

@@ -10,12 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from derma_core.config import get_dotted
-from derma_core.labels import NUM_CLASSES
+from derma_core.weighting import WEIGHTING_MODES, class_weights  # noqa: F401  (re-exported)
 
-WEIGHTING_MODES = ("none", "capped", "uncapped")
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULERS = ("none", "cosine", "onecycle")
 SAMPLERS = ("none", "balanced")
@@ -26,31 +23,6 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 #: `derma run --plugin resnet18` stays a few minutes long on a 2-core CPU).
 SEED_EPOCHS = 20
 SYNTHETIC_EPOCHS = 8
-
-
-def class_weights(labels: np.ndarray, mode: str = "capped", cap: float = 3.0,
-                  num_classes: int = NUM_CLASSES) -> np.ndarray | None:
-    """The original study's class weights from train label indices: ``w_c = N / (K * count_c)``.
-
-    ``mode`` ``none`` returns None (plain cross-entropy); ``capped`` clips every weight at
-    ``cap``; ``uncapped`` keeps them. A class absent from ``labels`` gets weight 0 (it has no
-    training examples to weigh, and an infinite weight would poison the validation loss).
-    """
-    if mode not in WEIGHTING_MODES:
-        raise ValueError(f"class_weighting.mode must be one of {', '.join(WEIGHTING_MODES)}, got {mode!r}")
-    if mode == "none":
-        return None
-    labels = np.asarray(labels, dtype=np.int64)
-    if labels.size == 0:
-        raise ValueError("class weights: the train split is empty")
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    with np.errstate(divide="ignore"):
-        weights = np.where(counts > 0, len(labels) / (num_classes * counts), 0.0)
-    if mode == "capped":
-        if not cap > 0:
-            raise ValueError(f"class_weighting.cap must be > 0, got {cap!r}")
-        weights = np.minimum(weights, float(cap))
-    return weights
 
 
 @dataclass
@@ -69,6 +41,8 @@ class Augmentation:
 class Recipe:
     """Every training option, read from the config by :func:`recipe_from_config`."""
 
+    arch: str = "resnet18"
+    arch_kwargs: dict = field(default_factory=dict)
     weights: str = "auto"
     dropout: float = 0.2
     epochs: int = SEED_EPOCHS
@@ -115,7 +89,7 @@ class Recipe:
     def params(self) -> dict[str, Any]:
         """The options the core's curated params do not cover, for MLflow."""
         aug = self.augmentation
-        return {"resolved_epochs": self.epochs, "patience": self.patience, "augmentation": aug.enabled, "aug_rotation": aug.rotation,
+        return {"arch": self.arch, "arch_kwargs": self.arch_kwargs or "none", "resolved_epochs": self.epochs, "patience": self.patience, "augmentation": aug.enabled, "aug_rotation": aug.rotation,
                 "aug_translate": aug.translate, "aug_brightness": aug.brightness, "aug_hflip": aug.hflip,
                 "aug_vflip": aug.vflip}
 
@@ -138,6 +112,8 @@ def recipe_from_config(config: dict) -> Recipe:
     )
     d = Recipe()
     recipe = Recipe(
+        arch=str(get("model.arch", d.arch)),
+        arch_kwargs=dict(get("model.kwargs", None) or {}),
         weights=str(get("model.weights", d.weights)),
         dropout=float(get("model.dropout", d.dropout)),
         epochs=resolve_epochs(get("train.epochs", "auto"), config),

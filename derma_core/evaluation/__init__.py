@@ -2,8 +2,10 @@
 
 Registered through the same hooks as any plugin (``derma_core.evaluation`` is one of the core's
 default plugins). The code lives in the submodules: :mod:`.metrics` (scikit-learn point
-metrics), :mod:`.calibration` (reliability table, ECE), :mod:`.bootstrap` (lesion-level
-intervals and paired differences), :mod:`.figures` (matplotlib) and :mod:`.compare`.
+metrics), :mod:`.calibration` (reliability table, ECE, temperature / vector scaling),
+:mod:`.bootstrap` (lesion-level intervals and paired differences), :mod:`.subgroups`,
+:mod:`.conformal`, :mod:`.selective`, :mod:`.figures` (matplotlib) and :mod:`.compare`.
+``derma report`` lives in :mod:`derma_core.report` and is registered here.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ def register_evaluators(register):
 
 @hookimpl
 def register_commands(cli):
+    from ..report import report_command
     from .compare import compare_command
 
     cli.add_command(compare_command)
+    cli.add_command(report_command)

@@ -4,9 +4,14 @@ scikit-learn has no ECE function; the binning here is exactly
 :func:`sklearn.calibration.calibration_curve`'s ``strategy="uniform"`` binning (equal-width
 bins on [0, 1], right edges inclusive), applied to the top-label confidence, with the bin
 counts kept so the gaps can be weighted.
+
+Post-hoc calibration (:func:`fit_scaler`): temperature or vector scaling of the log-probabilities,
+fitted on the validation split's predictions and applied to the test split's.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -51,3 +56,91 @@ def expected_calibration_error(table: pd.DataFrame) -> float:
     used = counts > 0
     gaps = np.abs(table["accuracy"].to_numpy()[used] - table["confidence"].to_numpy()[used])
     return float(np.sum(counts[used] / counts.sum() * gaps))
+
+
+def classwise_ece(y_true: np.ndarray, probabilities: np.ndarray, n_bins: int = DEFAULT_BINS) -> float:
+    """Classwise ECE (Kull et al., 2019): the mean over classes of the ECE of each class's
+    one-vs-rest probability, with the same equal-width binning as :func:`reliability_table`."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    y_true = np.asarray(y_true)
+    n, k = p.shape
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    total = 0.0
+    for c in range(k):
+        ids = np.searchsorted(edges[1:-1], p[:, c])
+        count = np.bincount(ids, minlength=n_bins)
+        gap = np.abs(np.bincount(ids, weights=p[:, c], minlength=n_bins)
+                     - np.bincount(ids, weights=(y_true == c).astype(np.float64), minlength=n_bins))
+        total += float(gap.sum() / n)  # sum_b (n_b / n) * |mean p - frequency| = sum_b |sum p - count| / n
+    return total / k
+
+
+def _log_probs(probabilities: np.ndarray) -> np.ndarray:
+    """log p, clipped away from 0 so a zero probability stays finite (the 'logits' scaled below)."""
+    return np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1.0))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def nll(y_true: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class."""
+    lp = _log_probs(probabilities)
+    return float(-np.mean(lp[np.arange(len(lp)), np.asarray(y_true)]))
+
+
+@dataclass
+class Scaler:
+    """A fitted post-hoc calibration map on log-probabilities: ``softmax(w * log p + b)``.
+
+    Temperature scaling has one shared ``w = 1 / T`` and ``b = 0``; vector scaling one ``w`` and
+    ``b`` per class (Guo et al., 2017). Fitted by minimising the NLL of the calibration split.
+    """
+
+    method: str
+    weights: np.ndarray
+    bias: np.ndarray
+
+    @property
+    def temperature(self) -> float:
+        return float(1.0 / self.weights[0]) if self.method == "temperature" else float("nan")
+
+    def apply(self, probabilities: np.ndarray) -> np.ndarray:
+        return _softmax(_log_probs(probabilities) * self.weights + self.bias)
+
+
+def fit_scaler(y_true: np.ndarray, probabilities: np.ndarray, method: str = "temperature") -> Scaler:
+    """Fit temperature (or vector) scaling on calibration (val) probabilities only."""
+    from scipy.optimize import minimize, minimize_scalar
+
+    y_true = np.asarray(y_true, dtype=np.int64)
+    lp = _log_probs(probabilities)
+    n, k = lp.shape
+    rows = np.arange(n)
+    if method == "temperature":
+        def loss_t(log_t: float) -> float:
+            z = lp / np.exp(log_t)
+            z = z - z.max(axis=1, keepdims=True)
+            return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[rows, y_true]))
+
+        best = minimize_scalar(loss_t, bounds=(np.log(0.05), np.log(20.0)), method="bounded",
+                               options={"xatol": 1e-6})
+        t = float(np.exp(best.x))
+        return Scaler("temperature", np.full(k, 1.0 / t), np.zeros(k))
+    if method == "vector":
+        onehot = np.eye(k)[y_true]
+
+        def loss_v(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            w, b = theta[:k], theta[k:]
+            q = _softmax(lp * w + b)
+            value = -np.mean(np.log(np.clip(q[rows, y_true], 1e-300, None)))
+            diff = (q - onehot) / n
+            return float(value), np.concatenate([(diff * lp).sum(axis=0), diff.sum(axis=0)])
+
+        start = np.concatenate([np.ones(k), np.zeros(k)])
+        res = minimize(loss_v, start, jac=True, method="L-BFGS-B")
+        return Scaler("vector", res.x[:k].copy(), res.x[k:].copy())
+    raise ValueError(f"evaluation.calibration_method must be temperature or vector, got {method!r}")

@@ -111,3 +111,43 @@ def compare_figure(names: Sequence[str], values: Sequence[float], lows: Sequence
     ax.set_title(f"{metric} by run", fontsize=10)
     return fig
 
+
+
+def subgroup_figure(table: pd.DataFrame, metric: str = "macro_f1") -> Figure:
+    """Forest plot per metadata column: each group's metric with its interval; small groups hollow."""
+    columns = list(dict.fromkeys(table["column"]))
+    heights = [max(1, int((table["column"] == c).sum())) for c in columns]
+    fig = Figure(figsize=(7, 1.0 + 0.32 * sum(heights) + 0.5 * len(columns)), layout="constrained")
+    axes = fig.subplots(len(columns), 1, height_ratios=heights, sharex=True, squeeze=False)[:, 0]
+    for ax, column in zip(axes, columns):
+        part = table[table["column"] == column].reset_index(drop=True)
+        y = np.arange(len(part))[::-1]
+        values = part[metric].to_numpy(dtype=np.float64)
+        lows = part[f"{metric}_ci_low"].to_numpy(dtype=np.float64)
+        highs = part[f"{metric}_ci_high"].to_numpy(dtype=np.float64)
+        ok = np.isfinite(lows) & np.isfinite(highs) & np.isfinite(values)
+        err = np.vstack([np.where(ok, values - lows, 0), np.where(ok, highs - values, 0)])
+        small = part["small"].to_numpy(dtype=bool)
+        for mask, style in ((~small, {"fmt": "o", "color": "C0"}), (small, {"fmt": "o", "color": "grey", "mfc": "white"})):
+            if mask.any():
+                ax.errorbar(values[mask], y[mask], xerr=err[:, mask], capsize=3, **style)
+        ax.set_yticks(y, [f"{g} (n={n}{', small' if s else ''})" for g, n, s in
+                          zip(part["group"], part["images"], small)], fontsize=8)
+        ax.set_title(column, fontsize=9, loc="left")
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1].set_xlabel(f"{metric} with its lesion-level bootstrap interval (hollow: small group)")
+    return fig
+
+
+def risk_coverage_figure(curve: pd.DataFrame, aurc: float) -> Figure:
+    """Selective risk (error rate among the kept images) against coverage."""
+    fig = Figure(figsize=(6, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(curve["coverage"], curve["risk"], color="C0", lw=2)
+    ax.set_xlabel("coverage (share of images the model keeps)")
+    ax.set_ylabel("selective risk (error rate of kept images)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, max(0.05, float(curve["risk"].max()) * 1.1))
+    ax.grid(alpha=0.3)
+    ax.set_title(f"Risk-coverage curve (AURC = {aurc:.3f})", fontsize=10)
+    return fig

@@ -199,6 +199,12 @@ def sensitivity_at_specificity(y_binary: np.ndarray, scores: np.ndarray, specifi
     return float(tpr[ok].max())
 
 
+def multiclass_brier(y_true: np.ndarray, probabilities: np.ndarray) -> float:
+    """Multiclass Brier score (Brier 1950): mean over images of sum_c (p_c - y_c)^2, 0 best, 2 worst."""
+    return float(brier_score_loss(np.asarray(y_true, dtype=np.int64), probabilities, labels=CLASS_INDICES,
+                                  scale_by_half=False))
+
+
 def probability_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> tuple[dict[str, float], pd.DataFrame]:
     """AUROC and average precision (per class, one-vs-rest, and their macro means), the Brier
     score, and melanoma sensitivity at 80% / 90% specificity.
@@ -226,8 +232,7 @@ def probability_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> tuple[
         rows.append({"label": label, "auroc": auroc, "average_precision": ap, "positives": n_pos})
     metrics["macro_auroc"] = float(np.mean(aurocs)) if aurocs else float("nan")
     metrics["macro_average_precision"] = float(np.mean(aps)) if aps else float("nan")
-    # Multiclass Brier score (Brier 1950): mean over images of sum_c (p_c - y_c)^2, 0 best, 2 worst.
-    metrics["brier"] = float(brier_score_loss(y_true, p, labels=CLASS_INDICES, scale_by_half=False))
+    metrics["brier"] = multiclass_brier(y_true, p)
     mel = LABEL_TO_INDEX["mel"]
     for spec in MEL_SPECIFICITIES:
         metrics[f"mel_sensitivity_at_spec{round(spec * 100)}"] = sensitivity_at_specificity(

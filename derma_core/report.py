@@ -1,0 +1,408 @@
+"""``derma report``: one self-contained HTML file (and a Markdown twin) of logged runs.
+
+Everything is READ back from MLflow: the metrics each run logged, its tables
+(``tables/test_*.csv``), figures (``figures/test_*.png``), ``config.yaml`` and the dataset digest.
+No metric a run logged is recomputed; the only numbers computed here are the paired tests
+against the baseline run, which no single run can log (they come from
+:func:`derma_core.evaluation.compare.paired_comparison` on the two runs' predictions tables).
+
+The HTML embeds its figures as base64 PNGs, has inline CSS only, no script, and a
+Content-Security-Policy that forbids any fetch, so it renders the same offline, in a supplement.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+import pandas as pd
+
+from .evaluation.compare import (PairingError, RunRecord, key_params, metric_cell, paired_comparison,
+                                 paired_table, predictions_artifact, render_markdown, runs_frame)
+from .labels import LABELS
+
+#: Figures shown per run, in this order (artifact ``figures/<split>_<name>.png``) and their captions.
+FIGURES = (
+    ("confusion_matrix_normalized", "Confusion matrix (row-normalised)"),
+    ("reliability_diagram", "Reliability diagram (as predicted)"),
+    ("calibrated_reliability_diagram", "Reliability diagram after scaling fitted on val"),
+    ("risk_coverage", "Risk-coverage curve"),
+    ("subgroups", "Macro-F1 per subgroup"),
+)
+#: Tables read per run (artifact ``tables/<split>_<name>.csv``).
+TABLES = ("subgroups", "subgroup_gaps", "conformal", "conformal_subgroups")
+CALIBRATION_METRICS = ("ece", "classwise_ece", "brier", "nll", "calibrated_ece", "calibrated_classwise_ece",
+                       "calibrated_brier", "calibrated_nll")
+SELECTIVE_METRICS = ("selective_aurc", "selective_eaurc")
+
+
+@dataclass
+class RunReport:
+    """What the report shows of one run, as logged."""
+
+    record: RunRecord
+    config_text: str = ""
+    dataset: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, bytes] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    predictions: pd.DataFrame | None = None
+
+
+def load_run_report(record: RunRecord, uri: str | None, split: str = "test") -> RunReport:
+    """Download the artifacts the report shows (not the model) of one run."""
+    import json
+
+    from . import tracking
+
+    reader = tracking.Tracker(record.run_id, tracking.resolve_tracking_uri(uri))  # reads only
+    rep = RunReport(record)
+    with tempfile.TemporaryDirectory() as tmp:
+        present = {a.path for folder in (None, "figures", "tables")
+                   for a in reader.client.list_artifacts(record.run_id, folder)}
+
+        def fetch(path: str) -> Path | None:
+            if path not in present:
+                return None
+            return reader.download_artifacts(path, tmp)
+
+        if (p := fetch("config.yaml")) is not None:
+            rep.config_text = p.read_text(encoding="utf-8")
+        if (p := fetch("dataset.json")) is not None:
+            rep.dataset = json.loads(p.read_text(encoding="utf-8"))
+        for name, _ in FIGURES:
+            if (p := fetch(f"figures/{split}_{name}.png")) is not None:
+                rep.figures[name] = p.read_bytes()
+        for name in TABLES:
+            if (p := fetch(f"tables/{split}_{name}.csv")) is not None:
+                rep.tables[name] = tracking.read_table_csv(p)
+        if (p := fetch(predictions_artifact(split))) is not None:
+            rep.predictions = tracking.read_table_csv(p)
+    return rep
+
+
+def select_runs(run_ids: Sequence[str], experiment: str | None, uri: str | None, split: str) -> list[RunRecord]:
+    """The runs to report: the given ids in order, or every finished run of the experiment
+    that logged ``<split>_macro_f1`` (oldest first, so the order is stable as runs are added)."""
+    from .evaluation.compare import load_records
+
+    records, _ = load_records(run_ids, experiment, uri, split, "macro_f1")
+    return records if run_ids else records[::-1]
+
+
+# -- the tables (plain DataFrames of strings, shared by the HTML and the Markdown) -------------
+def _f(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+        return "-"
+    try:
+        return f"{float(value):.{digits}f}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def results_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """accuracy, balanced accuracy, macro-F1 with intervals, per-class recall, invalid rate."""
+    out = pd.DataFrame({"run": [_label(r) for _, r in frame.iterrows()], "plugin": frame["plugin"].astype(str)})
+    for p in key_params(frame):
+        out[p] = ["-" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in frame[p]]
+    for m in ("accuracy", "balanced_accuracy", "macro_f1"):
+        out[m] = [metric_cell(r, m) for _, r in frame.iterrows()]
+    for label in LABELS:
+        out[f"recall {label}"] = [_f(r.get(f"recall_{label}")) for _, r in frame.iterrows()]
+    # "-" for a closed-set backend: it cannot give an invalid answer and logs no invalid_rate
+    out["invalid_rate"] = [_f(r.get("invalid_rate")) for _, r in frame.iterrows()]
+    return out
+
+
+def metrics_table(frame: pd.DataFrame, names: Sequence[str], extra: dict[str, list[str]] | None = None) -> pd.DataFrame:
+    shown = [m for m in names if m in frame.columns and frame[m].notna().any()]
+    out = pd.DataFrame({"run": [_label(r) for _, r in frame.iterrows()]})
+    for key, values in (extra or {}).items():
+        out[key] = values
+    for m in shown:
+        out[m] = [_f(v) for v in frame[m]]
+    return out
+
+
+def _label(row: pd.Series) -> str:
+    short = str(row["run_id"])[:8]
+    return f"{row['run_name']} ({short})" if row.get("run_name") else short
+
+
+def subgroup_display(table: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for r in table.to_dict("records"):
+        rows.append({"column": r["column"], "group": r["group"], "images": r["images"], "lesions": r["lesions"],
+                     "small": "yes" if str(r["small"]).lower() in ("true", "1") else "",
+                     **{m: _cell(r, m) for m in ("accuracy", "balanced_accuracy", "macro_f1")}})
+    return pd.DataFrame(rows)
+
+
+def gaps_display(table: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for r in table.to_dict("records"):
+        rows.append({"column": r["column"], "metric": r["metric"], "worst group": r.get("worst_group") or "-",
+                     "worst": _f(r.get("worst")), "best group": r.get("best_group") or "-", "best": _f(r.get("best")),
+                     "gap [CI]": _cell({"gap": r.get("gap"), "gap_ci_low": r.get("gap_ci_low"),
+                                        "gap_ci_high": r.get("gap_ci_high")}, "gap")})
+    return pd.DataFrame(rows)
+
+
+def _cell(r: dict, m: str) -> str:
+    v, lo, hi = r.get(m), r.get(f"{m}_ci_low"), r.get(f"{m}_ci_high")
+    if _f(v) == "-":
+        return "-"
+    return f"{_f(v)} [{_f(lo)}, {_f(hi)}]" if _f(lo) != "-" and _f(hi) != "-" else _f(v)
+
+
+def conformal_display(table: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in ("method", "alpha", "target_coverage", "coverage", "mean_set_size", "singleton_rate",
+                        "empty_rate", "qhat") if c in table.columns]
+    out = table[cols].copy()
+    for c in cols[1:]:
+        out[c] = [_f(v) for v in out[c]]
+    return out
+
+
+# -- rendering ------------------------------------------------------------------------------------
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
+color:#222;line-height:1.4;padding:0 1em}
+h1{font-size:1.6em}h2{font-size:1.3em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+h3{font-size:1.1em}table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.85em}
+th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}th{background:#f3f3f3}
+figure{display:inline-block;margin:.5em 1em .5em 0;vertical-align:top}figcaption{font-size:.85em;color:#555}
+img{max-width:560px;height:auto;border:1px solid #ddd}pre{background:#f7f7f7;padding:.6em;overflow:auto;
+font-size:.8em}.note{color:#555;font-size:.9em}
+"""
+
+
+def _html_table(frame: pd.DataFrame, cls: str) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+                   for row in frame.itertuples(index=False))
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+@dataclass
+class Report:
+    title: str
+    runs: list[RunReport]
+    baseline: RunReport | None
+    frame: pd.DataFrame
+    paired: list[tuple[RunReport, Any, str | None]]  # (run, PairedComparison or None, why not)
+    split: str = "test"
+
+    def sections(self) -> list[tuple[str, list[tuple[str, Any]]]]:
+        """(heading, [(kind, payload)]) with kinds text / table:<class> / figure / pre / h3."""
+        out: list[tuple[str, list[tuple[str, Any]]]] = []
+        n = len(self.runs)
+        intro = (f"{n} run{'s' if n != 1 else ''}, evaluated on the {self.split} split. Intervals are lesion-level "
+                 "bootstrap percentile intervals as each run logged them.")
+        out.append(("Results", [("text", intro), ("table:results", results_table(self.frame))]))
+        if self.baseline is not None and self.paired:
+            items: list[tuple[str, Any]] = [("text", f"Each run (A) against the baseline {self.baseline.record.label} (B), "
+                                                    "on the same images: paired lesion-level bootstrap of A - B, and "
+                                                    "McNemar's exact test on per-image correctness.")]
+            for rep, pair, why in self.paired:
+                items.append(("h3", f"{rep.record.label} vs {self.baseline.record.label}"))
+                if pair is None:
+                    items.append(("text", f"no paired test: {why}"))
+                    continue
+                items.append(("table:paired", paired_table(pair)))
+                mc = pair.mcnemar
+                items.append(("text", f"{pair.n_images} images, {pair.n_lesions} lesions, {pair.n_resamples} resamples. "
+                                      f"McNemar: A right & B wrong {mc.a_only}, A wrong & B right {mc.b_only}, "
+                                      f"exact p = {mc.p_value:.3g}."))
+            out.append(("Paired tests against the baseline", items))
+        temps = [r.record.params.get("calibration_temperature", "-") for r in self.runs]
+        cal = metrics_table(self.frame, CALIBRATION_METRICS, {"temperature (fitted on val)": temps})
+        if cal.shape[1] > 2:
+            out.append(("Calibration", [("text", "ECE, classwise ECE, Brier and NLL as predicted and after temperature "
+                                                 "(or vector) scaling fitted on the val split only."),
+                                        ("table:calibration", cal)]))
+        refer = [c for c in self.frame.columns if c.startswith("selective_accuracy_refer")]
+        sel = metrics_table(self.frame, list(SELECTIVE_METRICS) + refer
+                            + [c.replace("accuracy", "coverage") for c in refer])
+        if sel.shape[1] > 1:
+            out.append(("Selective prediction", [("text", "Area under the risk-coverage curve (lower is better) and "
+                                                          "the accuracy on the cases kept when the least confident "
+                                                          "share is referred."), ("table:selective", sel)]))
+        conf_items: list[tuple[str, Any]] = []
+        for rep in self.runs:
+            if "conformal" in rep.tables:
+                conf_items += [("h3", rep.record.label), ("table:conformal", conformal_display(rep.tables["conformal"]))]
+                if "conformal_subgroups" in rep.tables:
+                    sub = rep.tables["conformal_subgroups"].copy()
+                    for c in ("coverage", "mean_set_size"):
+                        sub[c] = [_f(v) for v in sub[c]]
+                    sub["small"] = ["yes" if str(v).lower() in ("true", "1") else "" for v in sub["small"]]
+                    conf_items.append(("table:conformal-subgroups", sub))
+        if conf_items:
+            out.append(("Conformal prediction sets", [("text", "Split-conformal sets calibrated on val; coverage "
+                                                               "on the evaluated split.")] + conf_items))
+        sub_items: list[tuple[str, Any]] = []
+        for rep in self.runs:
+            if "subgroups" in rep.tables:
+                sub_items += [("h3", rep.record.label), ("table:subgroups", subgroup_display(rep.tables["subgroups"]))]
+                if "subgroup_gaps" in rep.tables:
+                    sub_items.append(("table:gaps", gaps_display(rep.tables["subgroup_gaps"])))
+        if sub_items:
+            out.append(("Subgroups", [("text", "Metrics per metadata group with lesion-level intervals; small groups "
+                                               "are shown and flagged, and left out of the worst group and gap.")]
+                        + sub_items))
+        fig_items: list[tuple[str, Any]] = []
+        for rep in self.runs:
+            figs = [(name, caption, rep.figures[name]) for name, caption in FIGURES if name in rep.figures]
+            if figs:
+                fig_items.append(("h3", rep.record.label))
+                fig_items += [("figure", (name, caption, data, rep.record.run_id)) for name, caption, data in figs]
+        if fig_items:
+            out.append(("Figures", fig_items))
+        cfg_items: list[tuple[str, Any]] = []
+        for rep in self.runs:
+            digest = rep.record.tags.get("derma.dataset_digest") or rep.dataset.get("digest") or "-"
+            synthetic = rep.record.tags.get("derma.synthetic") or str(rep.dataset.get("synthetic", "-")).lower()
+            cfg_items += [("h3", rep.record.label),
+                          ("text", f"run id {rep.record.run_id}; dataset {rep.dataset.get('name', '-')}, digest {digest}"
+                                   f", synthetic {synthetic}; derma {rep.record.tags.get('derma.version', '-')}, "
+                                   f"git {rep.record.tags.get('derma.git_sha') or '-'}"),
+                          ("pre", rep.config_text or "(no config.yaml logged)")]
+        out.append(("Runs: configuration and data", cfg_items))
+        return out
+
+    def html(self) -> str:
+        parts = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+                 "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+                 "style-src 'unsafe-inline'\">",
+                 f"<title>{html.escape(self.title)}</title><style>{CSS}</style></head><body>",
+                 f"<h1>{html.escape(self.title)}</h1>"]
+        for heading, items in self.sections():
+            parts.append(f"<section><h2>{html.escape(heading)}</h2>")
+            for kind, payload in items:
+                if kind == "text":
+                    parts.append(f'<p class="note">{html.escape(payload)}</p>')
+                elif kind == "h3":
+                    parts.append(f"<h3>{html.escape(payload)}</h3>")
+                elif kind == "pre":
+                    parts.append(f"<details><summary>config.yaml</summary><pre>{html.escape(payload)}</pre></details>")
+                elif kind == "figure":
+                    name, caption, data, _ = payload
+                    b64 = base64.b64encode(data).decode("ascii")
+                    parts.append(f'<figure class="fig-{name}"><img alt="{html.escape(caption)}" '
+                                 f'src="data:image/png;base64,{b64}"><figcaption>{html.escape(caption)}</figcaption></figure>')
+                elif kind.startswith("table:"):
+                    parts.append(_html_table(payload, kind.split(":", 1)[1]))
+            parts.append("</section>")
+        parts.append("</body></html>")
+        return "\n".join(parts)
+
+    def markdown(self, figure_dir: Path, link_prefix: str) -> tuple[str, dict[Path, bytes]]:
+        """The Markdown twin and the PNG files it links to (under ``figure_dir``)."""
+        lines = [f"# {self.title}", ""]
+        files: dict[Path, bytes] = {}
+        for heading, items in self.sections():
+            lines += [f"## {heading}", ""]
+            for kind, payload in items:
+                if kind == "text":
+                    lines += [payload, ""]
+                elif kind == "h3":
+                    lines += [f"### {payload}", ""]
+                elif kind == "pre":
+                    lines += ["```yaml", payload.rstrip(), "```", ""]
+                elif kind == "figure":
+                    name, caption, data, run_id = payload
+                    fname = f"{run_id[:8]}_{name}.png"
+                    files[figure_dir / fname] = data
+                    lines += [f"![{caption}]({link_prefix}/{fname})", ""]
+                elif kind.startswith("table:"):
+                    lines += [render_markdown(payload), ""]
+        return "\n".join(lines), files
+
+
+def build_report(run_ids: Sequence[str] = (), experiment: str | None = None, uri: str | None = None,
+                 baseline: str | None = None, split: str = "test", n_resamples: int = 1000,
+                 confidence: float = 0.95, seed: int = 42, title: str | None = None) -> Report:
+    """Read the runs back from MLflow and assemble the report (paired tests need predictions)."""
+    records = select_runs(run_ids, experiment, uri, split)
+    if baseline is not None and baseline not in {r.run_id for r in records}:
+        from . import tracking
+
+        try:
+            records.append(RunRecord.from_mlflow(tracking.get_run(baseline, uri)))
+        except Exception:
+            raise LookupError(f"baseline run {baseline!r} not found in {tracking.resolve_tracking_uri(uri)}") from None
+    reports = [load_run_report(r, uri, split) for r in records]
+    frame = runs_frame(records, split).reset_index(drop=True)
+    base = None
+    if len(reports) > 1:
+        base = next((r for r in reports if r.record.run_id == baseline), reports[0]) if baseline else reports[0]
+    paired = []
+    if base is not None:
+        for rep in reports:
+            if rep is base:
+                continue
+            if rep.predictions is None or base.predictions is None:
+                paired.append((rep, None, "a predictions table is missing"))
+                continue
+            try:
+                pair = paired_comparison(rep.predictions, base.predictions, (rep.record.label, base.record.label),
+                                         n_resamples, confidence, seed)
+                paired.append((rep, pair, None))
+            except (PairingError, ValueError) as exc:
+                paired.append((rep, None, str(exc)))
+    name = title or (f"derma report: experiment {experiment}" if experiment else "derma report")
+    return Report(name, reports, base, frame, paired, split)
+
+
+def write_report(report: Report, out: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``out`` (HTML) and its Markdown twin ``out`` with ``.md`` (figures in ``<stem>_files/``)."""
+    from .data.prepare import atomic_write_bytes, atomic_write_text
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, report.html())
+    md_path = out.with_suffix(".md")
+    fig_dir = out.parent / f"{out.stem}_files"
+    text, files = report.markdown(fig_dir, fig_dir.name)
+    for path, data in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data)
+    atomic_write_text(md_path, text)
+    return out, md_path
+
+
+@click.command("report")
+@click.argument("run_ids", nargs=-1)
+@click.option("--experiment", "-e", help="Report every finished run of this MLflow experiment.")
+@click.option("--runs", "runs_opt", multiple=True, help="A run id to report (repeatable; same as RUN_IDS).")
+@click.option("--baseline", help="Run id the paired tests compare against (default: the first run).")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="The HTML file; the Markdown twin is written next to it with .md.")
+@click.option("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db).")
+@click.option("--split", default="test", show_default=True, help="Which evaluated split's results to report.")
+@click.option("--bootstrap", "n_resamples", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Bootstrap resamples of the paired tests.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the paired bootstrap.")
+@click.option("--title", help="Report title.")
+def report_command(run_ids, experiment, runs_opt, baseline, out, tracking_uri, split, n_resamples, seed, title):
+    """Write a self-contained HTML report (and a Markdown twin) of logged runs.
+
+    Give RUN_IDs / --runs ID ... or --experiment NAME.
+    """
+    ids = tuple(run_ids) + tuple(runs_opt)
+    if bool(ids) == bool(experiment):
+        raise click.UsageError("give run ids (or --runs ID ...) or --experiment NAME (not both)")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        report = build_report(ids, experiment, tracking_uri, baseline, split, n_resamples, seed=seed, title=title)
+    except LookupError as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from None
+    html_path, md_path = write_report(report, out)
+    click.echo(f"report of {len(report.runs)} run(s) written to {html_path} (Markdown twin: {md_path})")

@@ -1,0 +1,147 @@
+"""`derma report`: two real runs (with metadata) into a temporary MLflow store, the report read
+back from it, and the HTML rendered in headless Chromium (skipped when it is absent)."""
+
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from derma_core import hookimpl, plugins
+from derma_core.cli import cli
+from derma_core.interfaces import Predictions
+from derma_core.labels import LABELS
+from derma_core.testing import make_tiny_dataset
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+
+def _tiny_with_metadata(config):
+    ds = make_tiny_dataset(n_train=70, n_val=56, n_test=70, learnable=True)
+    for split in ds.splits.values():
+        n = len(split)
+        split.frame["sex"] = np.where(np.arange(n) % 3 == 0, "female", "male")
+        split.frame["age"] = [["25.0", "50.0", "70.0", ""][i % 4] for i in range(n)]
+        split.frame["localization"] = np.where(np.arange(n) % 5 == 0, "face", "back")
+    return ds
+
+
+class Centroid:
+    """Nearest class-mean colour, softmax of negative distances: a cheap model with real probabilities."""
+
+    name = "centroid"
+
+    def __init__(self, config):
+        self.means = None
+
+    def _x(self, split):
+        return split.cache.reshape(len(split), -1, 3).mean(axis=1) / 255.0
+
+    def fit(self, train, val, ctx):
+        x = self._x(train)
+        self.means = np.stack([x[train.y == c].mean(axis=0) for c in range(7)])
+
+    def predict(self, split, ctx):
+        d = ((self._x(split)[:, None, :] - self.means[None]) ** 2).sum(-1)
+        z = -d * 40
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        return Predictions(split.ids, [LABELS[i] for i in p.argmax(1)], p)
+
+
+class ReportPlugin:
+    @hookimpl
+    def register_datasets(self, register):
+        register("tiny_meta", _tiny_with_metadata)
+
+    @hookimpl
+    def register_classifiers(self, register):
+        register("centroid", Centroid)
+
+
+@pytest.fixture
+def report_plugin():
+    plugin = ReportPlugin()
+    plugins.load_plugins()
+    plugins.pm.register(plugin, name="test-report-plugin")
+    yield
+    plugins.pm.unregister(plugin)
+
+
+@pytest.fixture
+def two_runs(mlflow_store, report_plugin):
+    ids = []
+    for plugin in ("prior", "centroid"):
+        result = CliRunner().invoke(cli, ["run", "--plugin", plugin, "--dataset", "tiny_meta", "--tracking-uri",
+                                          mlflow_store, "--quiet", "-o", "evaluation.bootstrap=50",
+                                          "-o", "evaluation.subgroups.min_count=10", "-o", "tracking.log_model=false"])
+        assert result.exit_code == 0, result.output
+        ids.append(re.search(r"MLflow run id: (\w+)", result.output).group(1))
+    return mlflow_store, ids
+
+
+def test_runs_log_everything_and_the_report_renders_offline(two_runs, tmp_path):
+    uri, (prior_id, centroid_id) = two_runs
+    run = mlflow.MlflowClient(uri).get_run(centroid_id)
+    m, params = run.data.metrics, run.data.params
+    for key in ("test_subgroup_sex_female_macro_f1", "test_subgroup_sex_female_macro_f1_ci_low",
+                "test_subgroup_sex_gap_macro_f1", "test_subgroup_age_45_59_n", "test_calibrated_ece",
+                "test_classwise_ece", "test_calibrated_brier", "test_conformal_lac_coverage",
+                "test_conformal_aps_coverage", "test_conformal_lac_coverage_sex_male", "test_selective_aurc",
+                "test_selective_accuracy_refer10"):
+        assert key in m, key
+    assert float(params["calibration_temperature"]) > 0 and params["conformal_alpha"] == "0.1"
+    assert m["test_accuracy"] > 0.5  # the centroid model learns the colours
+    artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(centroid_id, "tables")}
+    assert {"tables/test_subgroups.csv", "tables/test_subgroup_gaps.csv", "tables/test_conformal.csv"} <= artifacts
+    assert "predictions_val.csv" in {a.path for a in mlflow.MlflowClient(uri).list_artifacts(centroid_id)}
+
+    # -- the report, read back from the store (one test: the two runs cost seconds each)
+    out = tmp_path / "out" / "report.html"
+    result = CliRunner().invoke(cli, ["report", "--experiment", "tiny", "--tracking-uri", uri,
+                                      "--baseline", prior_id, "--out", str(out), "--bootstrap", "100"])
+    assert result.exit_code == 0, result.output
+    text = out.read_text(encoding="utf-8")
+    md = out.with_suffix(".md").read_text(encoding="utf-8")
+    assert "http://" not in text and "https://" not in text and "<script" not in text  # self-contained
+    run = mlflow.MlflowClient(uri).get_run(centroid_id)
+    # the table shows the logged numbers, not recomputed ones
+    acc = run.data.metrics["test_accuracy"]
+    low, high = run.data.metrics["test_accuracy_ci_low"], run.data.metrics["test_accuracy_ci_high"]
+    assert f"{acc:.3f} [{low:.3f}, {high:.3f}]" in text and f"{acc:.3f} [{low:.3f}, {high:.3f}]" in md
+    assert run.data.params["calibration_temperature"] in text
+    assert run.data.tags["derma.dataset_digest"] in text
+    assert (out.parent / "report_files").is_dir() and "](report_files/" in md
+    assert "vs" in md and "McNemar" in md  # the paired test against the baseline
+
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (CI installs Debian's chromium); the static checks above passed")
+    profile = tempfile.mkdtemp(prefix="derma-chromium-")
+    try:
+        proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                               "--disable-component-update", "--disable-sync", "--no-first-run",
+                               f"--user-data-dir={profile}", "--dump-dom", out.resolve().as_uri()],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    dom = proc.stdout
+    assert proc.returncode == 0 and "<table" in dom, proc.stderr[-2000:]
+    for cls in ("results", "paired", "calibration", "selective", "conformal", "subgroups", "gaps"):
+        assert f'<table class="{cls}"' in dom, cls
+    for name in ("confusion_matrix_normalized", "reliability_diagram", "calibrated_reliability_diagram",
+                 "risk_coverage", "subgroups"):
+        assert f'class="fig-{name}"' in dom, name
+    assert len(re.findall(r'src="data:image/png;base64,', dom)) >= 8  # both runs' figures embedded
+
+
+def test_report_errors_are_one_line(mlflow_store):
+    result = CliRunner().invoke(cli, ["report", "--experiment", "nope", "--tracking-uri", mlflow_store,
+                                      "--out", "r.html"])
+    assert result.exit_code != 0 and "nope" in result.output
+    result = CliRunner().invoke(cli, ["report", "--out", "r.html", "--tracking-uri", mlflow_store])
+    assert result.exit_code == 2 and "--experiment" in result.output

@@ -177,7 +177,7 @@ def _read_jsonl(path: str | os.PathLike, required: dict[str, type | tuple]) -> J
         raise AnswerFileError(f"{path} does not exist")
     rows: list[dict] = []
     problems: list[tuple[int, str]] = []
-    seen: set[str] = set()
+    seen: dict[str, tuple[int, dict]] = {}
     with path.open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, start=1):
             if not line.strip():
@@ -197,9 +197,15 @@ def _read_jsonl(path: str | os.PathLike, required: dict[str, type | tuple]) -> J
                 continue
             qid = str(obj["question_id"])
             if qid in seen:
-                problems.append((n, f"duplicate question_id {qid!r} (first kept)"))
+                first_line, first = seen[qid]
+                differs = [k for k in ("text", "answer", "image") if first.get(k) != obj.get(k)]
+                if differs:  # which one is right is the user's call, not derma's: stop
+                    raise AnswerFileError(
+                        f"{path} line {n}: question_id {qid!r} again, with a different {' and '.join(differs)} "
+                        f"than line {first_line}; keep one line per question and run again")
+                problems.append((n, f"duplicate question_id {qid!r}, identical to line {first_line} (first kept)"))
                 continue
-            seen.add(qid)
+            seen[qid] = (n, obj)
             obj["question_id"] = qid
             rows.append(obj)
     return JsonlRead(rows, problems)
@@ -294,6 +300,10 @@ def evaluate_answer_files(questions: str | os.PathLike, answers: str | os.PathLi
     if not labelled:
         raise AnswerFileError(f"{questions}: no usable question line (each needs question_id, image, text "
                               f"and answer = one of {', '.join(LABELS)})")
+    if not a.rows:  # scoring no answers at all would log a run with accuracy 0
+        why = f"; first problem: line {a.problems[0][0]}: {a.problems[0][1]}" if a.problems else " (the file is empty)"
+        raise AnswerFileError(f"{answers}: no usable answer line{why}; each line needs question_id and text "
+                              "(model_vqa.py's output)")
     by_id = {row["question_id"]: row for row in a.rows}
     qids = [row["question_id"] for row in labelled]
     missing = [qid for qid in qids if qid not in by_id]
@@ -313,6 +323,59 @@ def evaluate_answer_files(questions: str | os.PathLike, answers: str | os.PathLi
     return AnswerEvaluation(split, predictions, report, missing, extra, problems)
 
 
+@dataclass
+class MetadataJoin:
+    """What ``--metadata`` attached: the images found, those missing from the table, label clashes."""
+
+    path: str
+    matched: int
+    missing: list[str]
+    label_mismatch: list[tuple[str, str, str]]  # (image id, question's answer, metadata's dx)
+    columns: list[str]
+
+    def as_info(self) -> dict[str, Any]:
+        return {"metadata": self.path, "metadata_matched": self.matched, "metadata_missing": self.missing,
+                "metadata_label_mismatch": [list(t) for t in self.label_mismatch],
+                "metadata_columns": self.columns}
+
+
+def attach_metadata(split: Any, metadata: str | os.PathLike) -> tuple[Any, MetadataJoin]:
+    """The answer split with ``lesion_id`` and the metadata columns (sex, age, localization,
+    dx_type) of a HAM10000-style table, matched by image id (the question's ``image`` file stem).
+
+    Images missing from the table keep their own question id as lesion id and empty metadata
+    (the ``missing`` subgroup): they are reported in :class:`MetadataJoin`, never dropped."""
+    from .data.raw import OPTIONAL_COLUMNS, PrepError, read_metadata
+    from .interfaces import Split
+
+    path = Path(metadata)
+    try:
+        table, _ = read_metadata(path)
+    except PrepError as exc:
+        raise AnswerFileError(str(exc).removeprefix("error: ")) from None
+    if "image_id" not in table.columns or "lesion_id" not in table.columns:
+        raise AnswerFileError(f"{path}: the metadata table needs image_id and lesion_id columns "
+                              f"(has {', '.join(table.columns)}); pass HAM10000_metadata.csv")
+    table = table.assign(image_id=table["image_id"].map(lambda v: Path(str(v)).stem))
+    table = table.drop_duplicates("image_id", keep="first").set_index("image_id")
+    frame = split.frame.copy()
+    image_ids = frame["image_path"].map(lambda v: Path(str(v)).stem)
+    found = image_ids.isin(table.index).to_numpy()
+    columns = [c for c in OPTIONAL_COLUMNS if c in table.columns]
+    hit = image_ids[found]
+    frame.loc[found, "lesion_id"] = table.loc[hit, "lesion_id"].astype(str).to_numpy()
+    for col in columns:
+        frame[col] = ""
+        frame.loc[found, col] = table.loc[hit, col].astype(str).to_numpy()
+    mismatch = []
+    if "dx" in table.columns:
+        dx = table.loc[hit, "dx"].astype(str).to_numpy()
+        truth = frame.loc[found, "label"].astype(str).to_numpy()
+        mismatch = [(i, t, d) for i, t, d in zip(hit, truth, dx) if d and d != t]
+    join = MetadataJoin(str(path), int(found.sum()), image_ids[~found].tolist(), mismatch, columns)
+    return Split(split.name, frame, split.root, split.cache), join
+
+
 # -- commands --------------------------------------------------------------------------------------
 def _register(cli) -> None:
     import click
@@ -328,7 +391,10 @@ def _register(cli) -> None:
     @click.option("--tracking-uri", help="MLflow tracking URI.")
     @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
                   help="Override a core config key, e.g. -o evaluation.bootstrap=0.")
-    def eval_answers_command(questions, answers, parser, experiment, run_name, tracking_uri, overrides):
+    @click.option("--metadata", "metadata", type=click.Path(dir_okay=False),
+                  help="HAM10000_metadata.csv: attach lesion ids (lesion-level intervals) and sex, age, "
+                       "localization, dx_type (subgroup tables) by image id.")
+    def eval_answers_command(questions, answers, parser, experiment, run_name, tracking_uri, overrides, metadata):
         """Evaluate an existing model_vqa.py answer file through derma's evaluators; log an MLflow run."""
         from . import runner, tracking
         from .config import ConfigError, resolve_config
@@ -337,8 +403,23 @@ def _register(cli) -> None:
             config = resolve_config(None, overrides=overrides)
             config["parser"] = parser
             ev = evaluate_answer_files(questions, answers, parser)
+            join = None
+            if metadata:
+                ev.split, join = attach_metadata(ev.split, metadata)
         except (ConfigError, AnswerFileError) as exc:
             raise click.ClickException(str(exc)) from None
+        if join is not None:
+            click.echo(f"metadata: {join.matched} of {len(ev.split)} images matched in {metadata} "
+                       f"({ev.split.frame['lesion_id'].nunique()} lesions)", err=True)
+            if join.missing:
+                click.echo(f"warning: {len(join.missing)} image id(s) are not in {metadata} (kept, each its own "
+                           f"lesion, subgroup 'missing'): {', '.join(join.missing[:10])}"
+                           f"{' ...' if len(join.missing) > 10 else ''}", err=True)
+            if join.label_mismatch:
+                i, t, d = join.label_mismatch[0]
+                click.echo(f"warning: {len(join.label_mismatch)} image(s) have a different true label in the question "
+                           f"file than dx in {metadata}, e.g. {i}: {t} vs {d} (the question file's label is used)",
+                           err=True)
         for where, items in ev.problems.items():
             for line, message in items[:20]:
                 place = f"{questions if where == 'questions' else answers}" + (f" line {line}" if line else "")
@@ -357,7 +438,11 @@ def _register(cli) -> None:
                                 uri=tracking_uri) as tracker:
             tracker.log_params({"parser": parser, "questions": str(Path(questions).resolve()),
                                 "answers": str(Path(answers).resolve())})
-            tracker.log_dict({**ev.predictions.info, "missing": ev.missing, "extra": ev.extra,
+            if join is not None:
+                tracker.log_params({"metadata": str(Path(metadata).resolve())})
+                tracker.log_metrics({"n_metadata_missing": len(join.missing)})
+            tracker.log_dict({**ev.predictions.info, **(join.as_info() if join else {}),
+                              "missing": ev.missing, "extra": ev.extra,
                               "problems": {k: [list(p) for p in v] for k, v in ev.problems.items()}},
                              "answers_report.json")
             tracker.log_metrics({"n_invalid": ev.report.n_invalid, "n_missing": len(ev.missing),

@@ -42,9 +42,11 @@ def _print_metrics(metrics: dict[str, float], prefix: str) -> None:
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--quiet", "-q", is_flag=True, default=None, help="No progress bars.")
 @click.option("--resume", "resume_run_id", metavar="RUN_ID", help="Continue an interrupted run from its checkpoint.")
+@click.option("--re-evaluate", is_flag=True,
+              help="With --resume of a FINISHED run: evaluate it again (its metrics are logged again).")
 @click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
 def run_command(plugin, config_file, overrides, dataset, data_dir, experiment, run_name, tracking_uri, seed,
-                device, quiet, resume_run_id, print_config):
+                device, quiet, resume_run_id, re_evaluate, print_config):
     """Train and/or evaluate one backend and record everything in MLflow."""
     from . import plugins, runner, tracking
     from .config import ConfigError, dump_config, resolve_config
@@ -54,7 +56,14 @@ def run_command(plugin, config_file, overrides, dataset, data_dir, experiment, r
               "quiet": quiet}
     try:
         if resume_run_id:
-            stored = tracking.load_run_config(resume_run_id, tracking_uri)
+            from .runs import resume_config
+
+            stored, previous = resume_config(resume_run_id, tracking_uri, re_evaluate)
+            if stored is None:
+                click.echo(f"run {resume_run_id} already FINISHED; nothing to do, nothing changed "
+                           "(--re-evaluate evaluates it again). Its metrics:", err=True)
+                _print_metrics(previous.data.metrics, previous.data.params.get("eval_split", "test"))
+                return
             plugin = plugin or stored.get("plugin")
             if stored.get("plugin") != plugin:
                 _fail(f"run {resume_run_id} used plugin {stored.get('plugin')!r}, not {plugin!r}")
@@ -76,6 +85,9 @@ def run_command(plugin, config_file, overrides, dataset, data_dir, experiment, r
             config = resolve_config(plugin, config_file, overrides, values, plugin_config=plugin_cfg)
     except (ConfigError, plugins.UnknownComponentError, LookupError) as exc:
         _fail(str(exc).strip("'\""), 2)
+    for name, messages in plugins.hook_errors().items():  # what a broken plugin did not register is missing
+        for message in messages:
+            click.echo(f"warning: plugin {name!r}: {message} (see `derma plugins`)", err=True)
     if print_config:
         click.echo(dump_config(config), nl=False)
         return
@@ -104,19 +116,26 @@ def plugins_command(ctx, as_json, show_all):
         return
     from . import plugins
 
-    infos = [i for i in plugins.plugin_infos() if show_all or not i.builtin or i.error]
     registered = {name: reg.plugin for name, reg in plugins.classifiers().items()}
+    hook_errors, clashes = plugins.hook_errors(), plugins.name_clashes()
+    clashing = {p for _, owners in clashes.values() for p in owners}
+    infos = [i for i in plugins.plugin_infos()
+             if show_all or not i.builtin or i.error or i.name in hook_errors or i.name in clashing]
     if as_json:
-        payload = [dict(i.as_dict(), classifiers=sorted(n for n, p in registered.items() if p == i.name))
-                   for i in infos]
+        payload = [dict(i.as_dict(), classifiers=sorted(n for n, p in registered.items() if p == i.name),
+                        hook_errors=hook_errors.get(i.name, []),
+                        name_clashes=[m for m, owners in clashes.values() if i.name in owners]) for i in infos]
         click.echo(json.dumps(payload, indent=2))
         return
     click.echo("classifiers: " + ", ".join(f"{n} ({p})" for n, p in sorted(registered.items())))
     for info in infos:
         status = f"FAILED TO LOAD: {info.error}" if info.error else ", ".join(info.hooks)
+        status += "".join(f"; HOOK FAILED: {m}" for m in hook_errors.get(info.name, []))
         version = f" {info.version}" if info.version else ""
         package = f" [{info.package}{version}]" if info.package else ""
         click.echo(f"{info.name}{package}: {status}")
+    for message, _ in clashes.values():
+        click.echo(f"NAME CLASH: {message}")
 
 
 @plugins_command.command("new")

@@ -8,7 +8,14 @@ and are dropped from the resolved config:
 
 ``_choices``  dotted key -> list of allowed values
 ``_types``    dotted key -> type name (``str``, ``int``, ``float``, ``bool``, ``list``, ``dict``,
-              ``any``) for keys whose default is null; null stays allowed for them
+              ``any``), or several joined by ``|`` where a part that is not a type name is a
+              literal word also allowed (``int|auto``: a whole number or ``auto``); null is
+              allowed where the declared default is null
+``_ranges``   dotted key -> ``[min, max]`` (either may be null) for numbers, inclusive; a
+              literal word such as ``auto`` is not a number and is not range-checked
+
+Every plugin's config file uses the same three sections, so every value is checked the same
+way before any work starts (``--print-config`` included).
 """
 
 from __future__ import annotations
@@ -28,14 +35,22 @@ class ConfigError(ValueError):
 
 
 def configs_dir() -> Path:
-    """The folder holding default.yaml and the per-plugin files.
+    """The folder holding default.yaml, the per-plugin files and ``tune/`` search spaces.
 
-    ``DERMA_CONFIG_DIR`` overrides; otherwise the repository's ``configs/`` (next to derma_core).
+    ``DERMA_CONFIG_DIR`` overrides. In a checkout (editable install) it is the repository's
+    top-level ``configs/``; an installed wheel carries that same folder, every file in it, as
+    the package data ``derma_core/configs`` (setup.cfg maps ``derma_core.configs`` to
+    ``configs``), found through importlib.resources. One source of files either way.
     """
     env = os.environ.get("DERMA_CONFIG_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "configs"
+    root = Path(__file__).resolve().parent.parent
+    if (root / "configs" / "default.yaml").is_file() and (root / "setup.cfg").is_file():
+        return root / "configs"
+    from importlib.resources import files
+
+    return Path(str(files("derma_core") / "configs"))
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
@@ -102,13 +117,20 @@ class Schema:
     """What keys exist, their types and allowed values, learned from the schema layers."""
 
     def __init__(self, defaults: dict, choices: dict[str, list] | None = None,
-                 types: dict[str, str] | None = None) -> None:
+                 types: dict[str, str] | None = None, ranges: dict[str, list] | None = None) -> None:
         self.defaults = defaults
         self.choices = dict(choices or {})
         self.types = dict(types or {})
+        self.ranges = dict(ranges or {})
         for key, name in self.types.items():
-            if name != "any" and name not in _TYPE_NAMES:
-                raise ConfigError(f"_types.{key}: unknown type {name!r} (use {', '.join(_TYPE_NAMES)}, any)")
+            parts = str(name).split("|")
+            if not any(part == "any" or part in _TYPE_NAMES for part in parts):
+                raise ConfigError(f"_types.{key}: unknown type {name!r} (use {', '.join(_TYPE_NAMES)}, any, "
+                                  "or several joined by |, e.g. int|auto)")
+        for key, bounds in self.ranges.items():
+            if (not isinstance(bounds, list) or len(bounds) != 2
+                    or any(b is not None and not _is_type(b, float) for b in bounds)):
+                raise ConfigError(f"_ranges.{key}: must be [min, max] with numbers or null, got {bounds!r}")
 
     def validate(self, config: dict, source: str, prefix: str = "", schema: dict | None = None) -> None:
         schema = self.defaults if schema is None else schema
@@ -127,8 +149,11 @@ class Schema:
     def check_value(self, path: str, value: Any, default: Any, source: str) -> None:
         declared = self.types.get(path)
         if declared is not None:
-            ok = declared == "any" or value is None or _is_type(value, _TYPE_NAMES[declared])
-            expected = declared
+            parts = str(declared).split("|")
+            words = [p for p in parts if p != "any" and p not in _TYPE_NAMES]
+            ok = ("any" in parts or (value is None and default is None) or value in words
+                  or any(_is_type(value, _TYPE_NAMES[p]) for p in parts if p in _TYPE_NAMES))
+            expected = " or ".join(p if p in _TYPE_NAMES else repr(p) for p in parts)
         elif default is None:
             ok, expected = True, "any"
         elif isinstance(default, dict):
@@ -141,6 +166,14 @@ class Schema:
         if path in self.choices and value not in self.choices[path]:
             allowed = ", ".join(str(c) for c in self.choices[path])
             raise ConfigError(f"{source}: {path} must be one of {allowed}, got {value!r}")
+        if path in self.ranges and _is_type(value, float):
+            low, high = self.ranges[path]
+            if (low is not None and value < low) or (high is not None and value > high):
+                if low is not None and high is not None:
+                    allowed = f"between {low} and {high}"
+                else:
+                    allowed = f">= {low}" if low is not None else f"<= {high}"
+                raise ConfigError(f"{source}: {path} must be {allowed}, got {value!r}")
 
 
 def _is_type(value: Any, expected: type) -> bool:
@@ -173,23 +206,32 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def _split_meta(data: dict) -> tuple[dict, dict, dict]:
+def _split_meta(data: dict) -> tuple[dict, dict, dict, dict]:
     data = dict(data)
     choices = data.pop("_choices", None) or {}
     types = data.pop("_types", None) or {}
-    return data, choices, types
+    ranges = data.pop("_ranges", None) or {}
+    return data, choices, types, ranges
 
 
 def build_schema(paths: Iterable[Path]) -> tuple[dict, Schema]:
     defaults: dict = {}
     choices: dict = {}
     types: dict = {}
+    ranges: dict = {}
     for path in paths:
-        data, c, t = _split_meta(load_yaml(path))
+        data, c, t, r = _split_meta(load_yaml(path))
+        try:
+            Schema({}, c, t, r)  # a plugin author's typo in _types/_ranges names their file
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         defaults = deep_merge(defaults, data)
         choices.update(c)
         types.update(t)
-    return defaults, Schema(defaults, choices, types)
+        ranges.update(r)
+    schema = Schema(defaults, choices, types, ranges)
+    schema.validate(defaults, " < ".join(str(p) for p in paths))  # a schema's own defaults must pass it
+    return defaults, schema
 
 
 def resolve_config(
@@ -212,7 +254,7 @@ def resolve_config(
     defaults, schema = build_schema(layers)
     config = copy.deepcopy(defaults)  # the schema keeps the declared defaults, unchanged by overrides
     if config_file is not None:
-        user, _, _ = _split_meta(load_yaml(config_file))
+        user = _split_meta(load_yaml(config_file))[0]
         schema.validate(user, str(config_file))
         config = deep_merge(config, user)
     for text in overrides:

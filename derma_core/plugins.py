@@ -1,14 +1,20 @@
 """The plugin manager: built-in plugins, entry-point plugins loaded one at a time, registries.
 
-Plugins are found in the ``derma`` entry-point group. Each is imported on its own: one that
-fails to import is recorded in :func:`load_errors` (shown by ``derma plugins`` and by any
-command that asks for it) and never stops the others. ``DERMA_LOAD_PLUGINS`` (comma-separated
-entry-point names; empty loads none) and ``DERMA_DISABLE_PLUGINS`` choose what loads.
+Plugins are found in the ``derma`` entry-point group. Each is imported and registered on its
+own: one that fails to import, or implements a hook derma does not define (a misspelled name),
+or has a hook with the wrong arguments, is recorded in :func:`load_errors` (shown by ``derma
+plugins`` and by any command that asks for it) and never stops the others. Registration hooks
+are called plugin by plugin: one whose hook body raises is recorded in :func:`hook_errors` and
+the others' registrations stand; a name two plugins register is given to neither and recorded
+in :func:`name_clashes`, so the command that needs it fails naming both. ``DERMA_LOAD_PLUGINS``
+(comma-separated entry-point names; empty loads none) and ``DERMA_DISABLE_PLUGINS`` choose what
+loads.
 ``DERMA_TRACE_PLUGINS=1`` prints every hook call to stderr.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
@@ -34,6 +40,7 @@ DEFAULT_PLUGINS = (
     "derma_core.data.commands",
     "derma_core.answers",
     "derma_core.tuning",
+    "derma_core.runs",
 )
 
 pm = pluggy.PluginManager(GROUP)
@@ -58,6 +65,10 @@ class PluginInfo:
 
 _loaded = False
 _infos: dict[str, PluginInfo] = {}
+#: (hook name, plugin name) -> one-line error of a registration hook body that raised
+_hook_errors: dict[tuple[str, str], str] = {}
+#: (hook name, registered name) -> the plugins that all registered it
+_clashes: dict[tuple[str, str], list[str]] = {}
 
 
 def _env_list(name: str) -> list[str] | None:
@@ -68,7 +79,29 @@ def _env_list(name: str) -> list[str] | None:
 
 
 def _short_error(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, pluggy.PluginValidationError):  # pluggy's message spans lines: keep them all, on one
+        return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    return text.splitlines()[0]
+
+
+def _register(module: Any, name: str) -> None:
+    """Register one plugin, or raise ``PluginValidationError`` leaving the manager untouched:
+    pluggy checks hook arguments itself; a hook name derma does not define (``register_clasifiers``)
+    would only surface in ``check_pending`` for everyone, so it is checked here, per plugin."""
+    pm.register(module, name=name)
+    for caller in pm.get_hookcallers(module) or []:
+        if caller.has_spec():
+            continue
+        impls = [i for i in caller.get_hookimpls() if i.plugin is module and not i.optionalhook]
+        if impls:
+            pm.unregister(module, name=name)
+            specs = [n for n in dir(hookspecs) if n.startswith("register_")]
+            close = difflib.get_close_matches(caller.name, specs, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else f"derma's hooks are {', '.join(specs)}; "
+            raise pluggy.PluginValidationError(
+                module, f"unknown hook {caller.name!r} ({hint}rename the function, or mark it "
+                        "@hookimpl(optionalhook=True))")
 
 
 def load_plugins() -> None:
@@ -86,7 +119,7 @@ def load_plugins() -> None:
         info = PluginInfo(name=module_name, package="derma", version=__version__, builtin=True)
         try:
             module = importlib.import_module(module_name)
-            pm.register(module, name=module_name)
+            _register(module, module_name)
         except Exception as exc:  # a broken built-in must not take down the CLI either
             info.error = _short_error(exc)
             info.traceback = traceback.format_exc()  # type: ignore[attr-defined]
@@ -104,12 +137,11 @@ def load_plugins() -> None:
             module = ep.load()
             if pm.is_registered(module) or pm.get_plugin(ep.name) is not None:
                 continue
-            pm.register(module, name=ep.name)
+            _register(module, ep.name)
         except Exception as exc:
             info.error = _short_error(exc)
             info.traceback = traceback.format_exc()  # type: ignore[attr-defined]
         _infos[ep.name] = info
-    pm.check_pending()
 
 
 def plugin_infos() -> list[PluginInfo]:
@@ -132,6 +164,33 @@ def load_errors() -> dict[str, str]:
     return {name: info.error for name, info in _infos.items() if info.error}
 
 
+def hook_errors() -> dict[str, list[str]]:
+    """Plugin name -> one line per registration hook of it that raised (after every hook ran)."""
+    for hook_name in _REGISTRIES:
+        _collect(hook_name)
+    out: dict[str, list[str]] = {}
+    for (hook_name, plugin), message in _hook_errors.items():
+        out.setdefault(plugin, []).append(f"{hook_name} failed: {message}")
+    return out
+
+
+def name_clashes() -> dict[str, tuple[str, list[str]]]:
+    """Name -> (one-line message, the plugins) for every name several plugins registered (no
+    plugin gets it)."""
+    for hook_name in _REGISTRIES:
+        _collect(hook_name)
+    return {name: (_clash_message(hook_name, name), owners) for (hook_name, name), owners in _clashes.items()}
+
+
+def _clash_message(hook_name: str, name: str) -> str:
+    owners = _clashes[(hook_name, name)]
+    both = " and ".join(repr(p) for p in owners)
+    # DERMA_DISABLE_PLUGINS applies to entry-point plugins, not to derma's built-ins
+    disable = [p for p in owners if p not in DEFAULT_PLUGINS] or owners
+    return (f"{hook_name}: {name!r} is registered by both {both}, so neither is used; "
+            f"uninstall one or set DERMA_DISABLE_PLUGINS={disable[-1]}")
+
+
 @dataclass
 class Registration:
     name: str
@@ -144,23 +203,37 @@ class UnknownComponentError(LookupError):
     """Asked for a classifier, prompt, evaluator or dataset that no plugin registered."""
 
 
+_REGISTRIES = ("register_classifiers", "register_prompt_builders", "register_evaluators", "register_datasets")
+
+
 def _collect(hook_name: str) -> dict[str, Registration]:
     load_plugins()
     found: dict[str, Registration] = {}
+    owners: dict[str, list[str]] = {}
     hook = getattr(pm.hook, hook_name)
+    for table in (_clashes, _hook_errors):  # recomputed below, for the plugins registered now
+        for key in [k for k in table if k[0] == hook_name]:
+            del table[key]
     for impl in hook.get_hookimpls():
         plugin_name = pm.get_name(impl.plugin) or "?"
+        mine: dict[str, Registration] = {}
 
         def register(name: str, obj: Callable[..., Any], _plugin: str = plugin_name, **options: Any) -> None:
-            if name in found and found[name].plugin != _plugin:
-                raise ValueError(
-                    f"{hook_name}: {name!r} is registered by both {found[name].plugin!r} and {_plugin!r}; "
-                    "disable one with DERMA_DISABLE_PLUGINS"
-                )
-            found[name] = Registration(name, obj, _plugin, options)
+            mine[name] = Registration(name, obj, _plugin, options)
 
         _trace(f"{hook_name} -> {plugin_name}")
-        impl.function(register=register)
+        try:
+            impl.function(register=register)
+        except Exception as exc:  # one plugin's broken hook must not stop the others
+            _hook_errors[(hook_name, plugin_name)] = _short_error(exc)
+            continue  # nothing of a half-run hook is used
+        for name, reg in mine.items():
+            owners.setdefault(name, []).append(plugin_name)
+            found[name] = reg
+    for name, who in owners.items():
+        if len(set(who)) > 1:
+            _clashes[(hook_name, name)] = list(dict.fromkeys(who))
+            del found[name]
     return found
 
 
@@ -187,10 +260,16 @@ def datasets() -> dict[str, Registration]:
     return _collect("register_datasets")
 
 
-def _missing(kind: str, name: str, available: dict[str, Registration]) -> UnknownComponentError:
+def _missing(kind: str, name: str, available: dict[str, Registration], hook_name: str) -> UnknownComponentError:
+    if (hook_name, name) in _clashes:
+        return UnknownComponentError(_clash_message(hook_name, name))
     errors = load_errors()
     if name in errors:
         return UnknownComponentError(f"{kind} {name!r} is installed but failed to load: {errors[name]}")
+    errors = dict(errors)
+    for (hook, plugin), message in _hook_errors.items():
+        if hook == hook_name:
+            errors[plugin] = f"{hook} failed: {message}"
     hint = f" (plugins that failed to load: {', '.join(f'{k}: {v}' for k, v in errors.items())})" if errors else ""
     return UnknownComponentError(
         f"unknown {kind} {name!r}; installed: {', '.join(sorted(available)) or 'none'}{hint}"
@@ -200,21 +279,21 @@ def _missing(kind: str, name: str, available: dict[str, Registration]) -> Unknow
 def get_classifier(name: str) -> Registration:
     found = classifiers()
     if name not in found:
-        raise _missing("plugin", name, found)
+        raise _missing("plugin", name, found, "register_classifiers")
     return found[name]
 
 
 def get_prompt_builder(name: str) -> Callable[[tuple[str, ...]], str]:
     found = prompt_builders()
     if name not in found:
-        raise _missing("prompt", name, found)
+        raise _missing("prompt", name, found, "register_prompt_builders")
     return found[name].obj
 
 
 def get_dataset_source(name: str) -> Registration:
     found = datasets()
     if name not in found:
-        raise _missing("dataset source", name, found)
+        raise _missing("dataset source", name, found, "register_datasets")
     return found[name]
 
 
@@ -238,4 +317,6 @@ def reset() -> None:
         else:
             pm.unblock(name)
     _infos.clear()
+    _hook_errors.clear()
+    _clashes.clear()
     _loaded = False

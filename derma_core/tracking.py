@@ -8,6 +8,7 @@ The default store is ``sqlite:///<cwd>/mlruns/mlflow.db`` with artifacts under
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import math
 import os
@@ -30,8 +31,36 @@ TAG_VERSION = "derma.version"
 TAG_GIT_SHA = "derma.git_sha"
 TAG_ERROR = "derma.error"
 TAG_KIND = "derma.kind"
+#: Where the run's process is: pid, its start time (tells a reused pid apart), host and folder.
+TAG_PID = "derma.pid"
+TAG_PROCESS_START = "derma.process_start"
+TAG_HOST = "derma.host"
+TAG_CWD = "derma.cwd"
+TAG_WORK_DIR = "derma.work_dir"
 
 _MAX_PARAM_LEN = 6000
+
+#: How derma writes every CSV table (predictions, per-class, answer, trial and split tables):
+#: text fields always quoted, so a comma, quote, tab, "\r" or "\n" inside an answer stays inside
+#: its field, and "\n" between rows on every platform. :func:`read_table_csv` reads them back.
+CSV_OPTIONS = {"index": False, "quoting": csv.QUOTE_NONNUMERIC, "lineterminator": "\n"}
+#: Columns that are text whatever they hold (an answer "3" stays the string "3").
+TEXT_COLUMNS = ("id", "lesion_id", "label", "predicted", "raw_text", "image_path", "text", "answer",
+                "question_id", "class", "plugin", "run_id", "state")
+
+
+def table_csv(frame: pd.DataFrame) -> str:
+    """``frame`` as derma's CSV text (see :data:`CSV_OPTIONS`)."""
+    return frame.to_csv(**CSV_OPTIONS)
+
+
+def read_table_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """A table written by :func:`table_csv` (or an older unquoted one), read back to the same
+    frame: blanks stay ``""``, :data:`TEXT_COLUMNS` stay text, other columns are inferred."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), [])
+    return pd.read_csv(path, keep_default_na=False, encoding="utf-8",
+                       dtype={c: str for c in header if c in TEXT_COLUMNS})
 
 
 def default_store_dir() -> Path:
@@ -106,6 +135,34 @@ def git_sha() -> str | None:
         return None
 
 
+def default_run_name(plugin: str, dataset: str, model: str | None = None, like: str | None = None) -> str:
+    """A run name that says what ran and tells a run from its neighbours:
+    ``<plugin>[-<model>]-<dataset>-<YYYYMMDD>-<HHMM>-<4 hex>`` (UTC), e.g.
+    ``resnet18-synthetic-20261201-2231-ab12`` or
+    ``llava_zeroshot-llava-med-v1.5-mistral-7b-ham10000-20261201-2231-ab12``. The model part
+    (the last path part of a model id) is left out when it is the plugin's own name. The suffix
+    comes from the OS's randomness, never from Python's seeded RNG. ``like`` (an earlier name
+    from this function) keeps its time and suffix, so a run renamed once it knows its model keeps
+    its identity."""
+    import re
+    import secrets
+    from datetime import datetime, timezone
+
+    def slug(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "x"
+
+    if like and len(like.rsplit("-", 3)) == 4:
+        tail = like.rsplit("-", 3)[1:]
+    else:
+        tail = [*datetime.now(timezone.utc).strftime("%Y%m%d-%H%M").split("-"), secrets.token_hex(2)]
+    parts = [slug(plugin)]
+    short = str(model).rstrip("/").rsplit("/", 1)[-1] if model else ""
+    if short and slug(short) != slug(plugin):
+        parts.append(slug(short))
+    parts.append(slug(dataset))
+    return "-".join(parts + tail)
+
+
 def _param_value(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     return text[:_MAX_PARAM_LEN]
@@ -154,6 +211,10 @@ class Tracker:
         for i in range(0, len(batch), 900):
             self.client.log_batch(self.run_id, metrics=batch[i:i + 900])
 
+    def set_run_name(self, name: str) -> None:
+        """Rename the run (what the MLflow runs list shows)."""
+        self.client.update_run(self.run_id, name=name)
+
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
@@ -186,7 +247,7 @@ class Tracker:
         stem = artifact_file.rsplit(".", 1)[0]
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / (Path(stem).name + ".csv")
-            frame.to_csv(path, index=False)
+            path.write_text(table_csv(frame), encoding="utf-8")
             parent = str(Path(stem).parent) if str(Path(stem).parent) != "." else None
             self.log_artifact(path, parent)
         self.client.log_table(self.run_id, data=frame, artifact_file=stem + ".json")
@@ -237,7 +298,7 @@ class NullTracker(Tracker):
     def __getattribute__(self, name: str) -> Any:
         if name in {"run_id", "uri", "__class__", "__dict__"}:
             return object.__getattribute__(self, name)
-        if name.startswith("log_") or name in {"set_tags"}:
+        if name.startswith("log_") or name in {"set_tags", "set_run_name"}:
             return lambda *a, **k: None
         return object.__getattribute__(self, name)
 
@@ -276,11 +337,18 @@ def start_run(
         run = client.get_run(resume_run_id)
         client.update_run(resume_run_id, status="RUNNING")
         run_id = run.info.run_id
+        resumed = dict(process_tags())
+        if TAG_ERROR in run.data.tags:  # why it stopped before; the run is no longer failed or killed
+            resumed["derma.resumed_after"] = run.data.tags[TAG_ERROR]
+            client.delete_tag(run_id, TAG_ERROR)
+        Tracker(run_id, uri).set_tags(resumed)
     else:
         exp_id = ensure_experiment(experiment, uri)
-        all_tags = dict(tags or {})
+        all_tags = {**process_tags(), **dict(tags or {})}
         if parent_run_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        if not run_name:  # never MLflow's drawn name: it repeats once derma has seeded Python's RNG
+            run_name = default_run_name(str(all_tags.get(TAG_PLUGIN) or "run"), experiment)
         run = client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items() if v is not None})
         run_id = run.info.run_id
     tracker = Tracker(run_id, uri)
@@ -303,6 +371,48 @@ def start_run(
         raise
     else:
         client.set_terminated(run_id, status="FINISHED")
+
+
+def process_tags() -> dict[str, str]:
+    """Tags naming this process, so a run left RUNNING by a killed process can be recognised."""
+    import socket
+
+    from .lifetime import process_start
+
+    return {TAG_PID: str(os.getpid()), TAG_PROCESS_START: process_start(os.getpid()) or "",
+            TAG_HOST: socket.gethostname(), TAG_CWD: os.getcwd()}
+
+
+def list_runs(uri: str | None = None, experiment: str | None = None, status: str | None = None,
+              max_results: int = 1000) -> list:
+    """Runs of one experiment (or of all), newest first, optionally only those with ``status``."""
+    import mlflow
+    from mlflow.entities import ViewType
+
+    uri = resolve_tracking_uri(uri)
+    if _is_local_default(uri) and not (default_store_dir() / "mlflow.db").exists():
+        return []  # no store here yet: nothing to list (and nothing created)
+    configure(uri)
+    client = mlflow.MlflowClient(uri)
+    if experiment is not None:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise LookupError(f"no MLflow experiment named {experiment!r} in {resolve_tracking_uri(uri)}")
+        ids = [exp.experiment_id]
+    else:
+        ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    if not ids:
+        return []
+    flt = f"attributes.status = '{status}'" if status else ""
+    return client.search_runs(ids, filter_string=flt, max_results=max_results,
+                              order_by=["attributes.start_time DESC"])
+
+
+def end_run(run_id: str, status: str, reason: str, uri: str | None = None) -> None:
+    """End a run with ``status`` (e.g. KILLED) and the reason in the ``derma.error`` tag."""
+    tracker = Tracker(run_id, resolve_tracking_uri(uri))
+    tracker.set_tags({TAG_ERROR: reason})
+    tracker.set_terminated(status)
 
 
 # -- reading runs back (derma compare, tune, resume) ---------------------------------------
@@ -333,7 +443,7 @@ def load_run_table(run_id: str, artifact: str = "predictions.csv", uri: str | No
             path = client.download_artifacts(run_id, artifact, tmp)
         except Exception as exc:
             raise LookupError(f"run {run_id} has no artifact {artifact!r}: {exc}") from None
-        return pd.read_csv(path, keep_default_na=False, dtype={"id": str, "lesion_id": str})
+        return read_table_csv(path)
 
 
 def load_run_config(run_id: str, uri: str | None = None) -> dict:
@@ -358,4 +468,7 @@ def serve_ui(uri: str | None, host: str, port: int, workers: int = 1) -> int:
            "--workers", str(workers)]
     if _is_local_default(uri):
         cmd += ["--default-artifact-root", (default_store_dir() / "artifacts").as_uri()]
-    return subprocess.call(cmd)
+    from .lifetime import popen_kwargs
+
+    # the server gets SIGTERM when derma dies, however it dies (it forwards it to its workers)
+    return subprocess.call(cmd, **popen_kwargs())

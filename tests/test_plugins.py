@@ -113,15 +113,18 @@ def test_load_and_disable_env(fake_entry_points, monkeypatch):
     assert "echo" in plugins.classifiers() and "broken" not in plugins.load_errors()
 
 
-def test_name_collision_between_plugins_is_an_error(fake_entry_points):
+def test_name_collision_between_plugins_is_reported_not_a_crash(fake_entry_points):
     class Clash:
         @hookimpl
         def register_classifiers(self, register):
             register("prior", object)
 
     plugins.pm.register(Clash(), name="clash")
-    with pytest.raises(ValueError, match="'prior' is registered by both"):
-        plugins.classifiers()
+    found = plugins.classifiers()  # neither plugin gets the name; the rest still load
+    assert "prior" not in found and "echo" in found
+    with pytest.raises(plugins.UnknownComponentError, match="'prior' is registered by both") as err:
+        plugins.get_classifier("prior")
+    assert "'clash'" in str(err.value) and "'derma_core.prior'" in str(err.value)
 
 
 def test_broken_builtin_does_not_break_cli(monkeypatch):

@@ -20,6 +20,7 @@ under a temporary name and renamed into place.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -96,7 +97,9 @@ def atomic_write_json(path: Path, data) -> None:
 
 
 def atomic_write_csv(path: Path, frame: pd.DataFrame) -> None:
-    atomic_write_text(path, frame.to_csv(index=False))
+    from ..tracking import table_csv
+
+    atomic_write_text(path, table_csv(frame))
 
 
 @contextlib.contextmanager
@@ -176,11 +179,36 @@ def prepare(raw_dir: str | os.PathLike | RawData, out: str | os.PathLike, params
     params = params or PrepParams()
     params.check()
     out = Path(out)
-    with folder_lock(out):
-        return _prepare_locked(raw_dir, out, params, workers, strict, name, synthetic, progress, log)
+    try:
+        with folder_lock(out):
+            return _prepare_locked(raw_dir, out, params, workers, strict, name, synthetic, progress, log)
+    except OSError as exc:
+        if not _is_write_error(exc):
+            raise
+        failed = exc
+    if failed.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and (out / MANIFEST).exists():
+        # a read-only folder already prepared with these inputs is fine: say it is up to date
+        with contextlib.suppress(OSError):
+            return _prepare_locked(raw_dir, out, params, workers, strict, name, synthetic, progress, log,
+                                   read_only=True)
+    raise PrepError(_write_error_line(out, failed))
 
 
-def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, name, synthetic, progress, log) -> dict:
+def _is_write_error(exc: OSError) -> bool:
+    return exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _write_error_line(out: Path, exc: OSError) -> str:
+    where = exc.filename or out
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return (f"error: {where}: {exc.strerror or 'no space left on device'}; free space on that disk (or "
+                f"choose another --out) and run the same command again: it resumes where this one stopped")
+    return (f"error: {where}: cannot write there ({exc.strerror or exc}); choose a writable --out "
+            f"or make {out} writable")
+
+
+def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, name, synthetic, progress, log,
+                    read_only: bool = False) -> dict:
     started = time.time()
     data = raw_dir if isinstance(raw_dir, RawData) else rawmod.scan_raw(raw_dir, exclude=out)
     meta = data.metadata
@@ -203,6 +231,8 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, nam
             if old.get("fingerprint") == fingerprint:
                 log(f"{out}: up to date (same inputs and parameters), nothing to do")
                 return old
+    if read_only:  # cannot write: stop before anything (the caller says why)
+        raise PermissionError(errno.EACCES, "read-only", str(out))
 
     summary = {"metadata_rows": int(len(meta)), "images_found": len(data.images)}
     if any(p.fatal for p in problems) or (strict and problems):

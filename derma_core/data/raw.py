@@ -88,12 +88,24 @@ def find_metadata(root: Path) -> Path:
 def read_metadata(path: Path) -> tuple[pd.DataFrame, list[Problem]]:
     """The metadata as strings (blank stays ""), columns renamed to derma's names.
     Dataverse's ingested ``.tab`` form (tab-separated, quoted) is accepted too."""
+    import csv
+
     problems: list[Problem] = []
     sep = "\t" if path.suffix.lower() == ".tab" else None
     try:
+        empty = path.stat().st_size == 0
+    except OSError as exc:
+        raise PrepError(f"error: {path}: cannot be read ({exc.strerror or exc}); check the path and its "
+                        "permissions") from None
+    if empty:
+        raise PrepError(f"error: {path}: the metadata table is empty (0 bytes); re-download it "
+                        "(`derma download ham10000 --out DIR`) or put the real table there")
+    try:
+        # utf-8-sig: a table saved by Excel starts with a byte-order mark that would otherwise
+        # stick to the first column's name ("\ufefflesion_id")
         frame = pd.read_csv(path, sep=sep, engine="python" if sep is None else "c", dtype=str,
-                            keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+                            keep_default_na=False, encoding="utf-8-sig")
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, csv.Error) as exc:
         raise PrepError(f"error: {path}: cannot be read as a CSV table ({str(exc).splitlines()[0]}); "
                         "re-download it or fix the file") from None
     rename: dict[str, str] = {}
@@ -159,8 +171,8 @@ def verify_metadata(frame: pd.DataFrame, images: dict[str, Path], name: str,
                     root: Path) -> tuple[pd.DataFrame, list[Problem]]:
     """Check rows against each other and against the image files; returns the usable rows."""
     problems: list[Problem] = []
-    if any(c not in frame.columns for c in REQUIRED_COLUMNS):
-        return frame.iloc[0:0], problems
+    if any(c not in frame.columns for c in REQUIRED_COLUMNS):  # already a fatal missing_column problem
+        return pd.DataFrame(columns=list(REQUIRED_COLUMNS + OPTIONAL_COLUMNS), dtype=str), problems
     line = pd.Series(range(2, len(frame) + 2), index=frame.index)  # file line numbers (header is 1)
     keep = pd.Series(True, index=frame.index)
 

@@ -14,6 +14,7 @@ record it. Modes:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+
+from ..lifetime import die_with_parent
 
 RESIZE_MODES = ("squash", "pad", "crop")
 #: LLaVA's pad colour: int(x * 255) of CLIP's image_mean (truncated, as the original does).
@@ -140,19 +143,27 @@ def _work(cache_path: str, jobs: list[Job], size: int, mode: str) -> list[tuple[
                 pixels = image.tobytes()
                 if len(pixels) != row_bytes:  # pragma: no cover - resize_image always gives size x size RGB
                     raise ValueError(f"resized to {image.size} {image.mode}, expected {size}x{size} RGB")
-                if dst is not None:
-                    encoded = io.BytesIO()
-                    image.save(encoded, format="JPEG", quality=JPEG_QUALITY)
-                    tmp = f"{dst}.tmp{os.getpid()}"
-                    with open(tmp, "wb") as f:
-                        f.write(encoded.getbuffer())
-                    os.replace(tmp, dst)
-                cache.seek(offset + row * row_bytes)
-                cache.write(pixels)
-                results.append((row, digest, None))
             except Exception as exc:  # one bad file must not stop the others; it is reported
                 message = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 results.append((row, None, message))
+                continue
+            # writing is outside the try: a full disk or a read-only folder is not a bad image, it
+            # stops the preparation (the rows done so far are kept for the rerun)
+            if dst is not None:
+                encoded = io.BytesIO()
+                image.save(encoded, format="JPEG", quality=JPEG_QUALITY)
+                tmp = f"{dst}.tmp{os.getpid()}"
+                try:
+                    with open(tmp, "wb") as f:
+                        f.write(encoded.getbuffer())
+                    os.replace(tmp, dst)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                    raise
+            cache.seek(offset + row * row_bytes)
+            cache.write(pixels)
+            results.append((row, digest, None))
     return results
 
 
@@ -187,6 +198,13 @@ def mp_context():
     import multiprocessing as mp
 
     return mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool whose workers exit when this process dies, however it dies (SIGKILL
+    included): a killed `derma prep` leaves no forkserver worker behind."""
+    return ProcessPoolExecutor(workers, mp_context=mp_context(), initializer=die_with_parent,
+                               initargs=(os.getpid(),))
 
 
 def default_workers() -> int:
@@ -225,7 +243,7 @@ def resize_into_cache(cache_path: str | os.PathLike, jobs: Iterable[Job], size: 
         else:
             finished: set[int] = set()
             try:
-                with ProcessPoolExecutor(workers, mp_context=mp_context()) as pool:
+                with worker_pool(workers) as pool:
                     futures = {pool.submit(_work, str(cache_path), part, size, mode): k for k, part in enumerate(chunks)}
                     for fut in as_completed(futures):
                         done = fut.result()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -303,10 +302,10 @@ def generate(out: str | os.PathLike, n: int = 1500, seed: int = 0, workers: int 
             _draw_and_save(chunk)
             bar.update(len(chunk))
     else:
-        from .resize import mp_context
+        from .resize import worker_pool
 
         try:
-            with ProcessPoolExecutor(workers, mp_context=mp_context()) as pool:
+            with worker_pool(workers) as pool:  # its workers exit if this process dies
                 for chunk, _ in zip(chunks, pool.map(_draw_and_save, chunks)):
                     bar.update(len(chunk))
         except BrokenProcessPool:  # workers could not start (e.g. a script read from stdin)

@@ -238,7 +238,9 @@ def summarize(study, tracker, settings: dict) -> None:
     tracker.set_tags(tags)
     frame = trials_frame(study)
     if len(frame):  # log_text overwrites; log_table would append to the previous worker's table
-        tracker.log_text(frame.to_csv(index=False), "trials.csv")
+        from .. import tracking
+
+        tracker.log_text(tracking.table_csv(frame), "trials.csv")
     for name, fig in _figures(study).items():
         tracker.log_figure(fig, f"figures/{name}.png")
 

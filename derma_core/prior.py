@@ -20,6 +20,11 @@ class PriorClassifier:
         self.config = config
         self.priors: np.ndarray | None = None
 
+    def resolve(self, config: dict, dataset, ctx: RunContext) -> dict:
+        """The model it runs, for the curated ``model`` param (it has no ``auto`` of its own:
+        device, world size and the data's image size are the runner's)."""
+        return {"model.name": "class-prior"}
+
     def fit(self, train: Split, val: Split, ctx: RunContext) -> None:
         counts = np.bincount(train.y, minlength=NUM_CLASSES).astype(np.float64)
         if counts.sum() == 0:

@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__, plugins, tracking
-from .config import dump_config, get_dotted
+from .config import dump_config, get_dotted, set_dotted
 from .interfaces import Dataset, Predictions, RunContext, Split
 from .reproducibility import resolve_device, seed_everything
 
-#: Param name -> the config keys it is read from (first present wins). The same names for
-#: every plugin, so the MLflow compare view lines runs up. Plugins follow these key names.
+#: Param name -> the keys of the RESOLVED config it is read from (the first one set to a value
+#: other than null wins). The same names for every plugin, so the MLflow compare view lines runs
+#: up. Plugins follow these key names, and report what they resolve from ``auto`` through an
+#: optional ``resolve(config, dataset, ctx)`` method (see :func:`resolve_run_config`).
+#: ``device``, ``world_size`` and ``train.effective_batch_size`` are filled in by the runner.
 CURATED_PARAMS: dict[str, tuple[str, ...]] = {
     "plugin": ("plugin",),
     "seed": ("seed",),
     "data_source": ("data.source",),
-    "image_size": ("data.size",),
+    "image_size": ("train.image_size", "model.image_size", "data.size"),
     "eval_split": ("evaluation.split",),
-    "model": ("model.name", "model.arch"),
+    "model": ("model.arch", "model.name"),
     "weights": ("model.weights",),
     "dropout": ("model.dropout",),
     "epochs": ("train.epochs",),
@@ -42,20 +47,84 @@ CURATED_PARAMS: dict[str, tuple[str, ...]] = {
     "lora_r": ("lora.r",),
     "lora_alpha": ("lora.alpha",),
     "lora_dropout": ("lora.dropout",),
+    "device": ("device",),
+    "world_size": ("world_size",),
+    "effective_batch_size": ("train.effective_batch_size",),
 }
 
 _MISSING = object()
 
+#: Keys that exist only in a resolved config (the runner sets them; not accepted as input).
+RESOLVED_ONLY_KEYS = ("world_size", "train.effective_batch_size")
+
 
 def curated_params(config: dict) -> dict[str, Any]:
+    """The curated params of a (resolved) config: per name, the first of its keys that holds a
+    value other than null; null when the keys are present but all null; absent when none is."""
     out: dict[str, Any] = {}
     for name, keys in CURATED_PARAMS.items():
+        found: Any = _MISSING
         for key in keys:
             value = get_dotted(config, key, _MISSING)
-            if value is not _MISSING:
-                out[name] = value
+            if value is _MISSING:
+                continue
+            if value is not None:
+                found = value
                 break
+            if found is _MISSING:
+                found = None
+        if found is not _MISSING:
+            out[name] = found
     return out
+
+
+def resolve_run_config(config: dict, classifier: Any, dataset: Dataset, ctx: RunContext) -> dict:
+    """The config as it runs: ``config`` (unchanged) with every ``auto`` the run resolves
+    replaced by its value. The curated MLflow params are read from it; it is saved as
+    ``resolved_config.yaml`` next to the raw ``config.yaml``.
+
+    The runner fills in ``device`` (the device in use), ``world_size`` (processes),
+    ``data.size`` (the side of the train split's prepared images, when it has a cache) and
+    ``train.effective_batch_size`` (``train.batch_size`` x ``train.grad_accum`` x world size,
+    when the config has an integer batch size). A classifier may define
+    ``resolve(config, dataset, ctx) -> dict[dotted_key, value]``, called once per run after the
+    dataset is loaded and before anything is logged, returning the values it resolved
+    (``{"model.weights": "none", "train.epochs": 8, "precision": "fp32",
+    "train.image_size": 32}``); they win over the runner's and may add keys the schema lacks.
+    A value still ``"auto"`` is refused.
+    """
+    resolved = copy.deepcopy(config)
+    resolved["device"] = ctx.device
+    resolved["world_size"] = int(ctx.world_size)
+    train = dataset.splits.get("train")
+    if train is not None and train.cache is not None and getattr(train.cache, "ndim", 0) == 4:
+        height, width = int(train.cache.shape[1]), int(train.cache.shape[2])
+        set_dotted(resolved, "data.size", height if height == width else f"{height}x{width}")
+    hook = getattr(classifier, "resolve", None)
+    values = hook(config, dataset, ctx) if callable(hook) else {}
+    if values is None:
+        values = {}
+    name = config.get("plugin")
+    if not isinstance(values, dict):
+        raise TypeError(f"{name}: resolve() must return a dict of dotted config key -> value, "
+                        f"got {type(values).__name__}")
+    for key, value in values.items():
+        if isinstance(value, str) and value == "auto":
+            raise ValueError(f"{name}: resolve() returned {key}: auto; it must return the value auto resolves to")
+        set_dotted(resolved, str(key), value)
+    if "train.effective_batch_size" not in values:
+        batch = get_dotted(resolved, "train.batch_size")
+        accum = get_dotted(resolved, "train.grad_accum", 1) or 1
+        if isinstance(batch, int) and not isinstance(batch, bool) and isinstance(accum, int):
+            set_dotted(resolved, "train.effective_batch_size", batch * accum * int(ctx.world_size))
+    return resolved
+
+
+def _warn_unresolved(params: dict[str, Any], plugin: str) -> None:
+    left = sorted(k for k, v in params.items() if isinstance(v, str) and v == "auto")
+    if left:
+        print(f"derma: warning: {plugin} logs {', '.join(left)} as 'auto'; the plugin should report the "
+              "resolved values from resolve(config, dataset, ctx)", file=sys.stderr)
 
 
 @dataclass
@@ -109,8 +178,12 @@ def _plugin_version(reg: plugins.Registration) -> str | None:
     return None
 
 
-def evaluate(split: Split, predictions: Predictions, config: dict) -> tuple[dict[str, float], list]:
-    """Run every selected evaluator; returns unprefixed metrics and the EvalResults."""
+def evaluate(split: Split, predictions: Predictions, config: dict,
+             reference: Any = None) -> tuple[dict[str, float], list]:
+    """Run every selected evaluator; returns unprefixed metrics and the EvalResults.
+
+    ``reference`` (val split + predictions, see ``evaluation.evaluators.Reference``) goes to the
+    evaluators that declare ``uses_reference`` (calibration, conformal sets)."""
     selected = get_dotted(config, "evaluation.evaluators")
     regs = plugins.evaluators()
     if selected is not None:
@@ -122,7 +195,10 @@ def evaluate(split: Split, predictions: Predictions, config: dict) -> tuple[dict
     metrics: dict[str, float] = {}
     results = []
     for name, reg in regs.items():
-        result = reg.obj(split, predictions, config)
+        if getattr(reg.obj, "uses_reference", False):
+            result = reg.obj(split, predictions, config, reference=reference)
+        else:
+            result = reg.obj(split, predictions, config)
         metrics.update(result.metrics)
         results.append((name, result))
     return metrics, results
@@ -138,12 +214,30 @@ def log_evaluation(tracker: tracking.Tracker, split: Split, predictions: Predict
             tracker.log_table(table, f"tables/{prefix}_{tname}.csv")
         for fname, fig in result.figures.items():
             tracker.log_figure(fig, f"figures/{prefix}_{fname}.png")
+        if getattr(result, "params", None):
+            tracker.log_params(result.params)
     frame = predictions.to_frame(split)
     tracker.log_table(frame, "predictions.csv" if prefix == "test" else f"predictions_{prefix}.csv")
     return prefixed
 
 
-def run(
+def run(config: dict, **kwargs: Any) -> RunResult:
+    """Run the backend ``config["plugin"]`` end to end and record it in MLflow (keywords as
+    :func:`_run`). Under ``torchrun`` the process group it creates is destroyed at the end,
+    whether the run succeeds or fails; a group the caller created is left to the caller."""
+    if _distributed()[1] <= 1:
+        return _run(config, **kwargs)
+    import torch.distributed as dist
+
+    owned = not dist.is_initialized()
+    try:
+        return _run(config, **kwargs)
+    finally:
+        if owned and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(
     config: dict,
     *,
     resume_run_id: str | None = None,
@@ -170,6 +264,10 @@ def run(
     eval_split_name = get_dotted(config, "evaluation.split", "test")
     experiment = get_dotted(config, "tracking.experiment") or dataset.name
     run_name = get_dotted(config, "tracking.run_name")
+    # derma names every run itself (MLflow's drawn names repeat: derma has seeded its RNG)
+    auto_name = not run_name and resume_run_id is None
+    if auto_name:
+        run_name = tracking.default_run_name(plugin_name, dataset.name)
     work_root = Path(get_dotted(config, "output.work_dir", "mlruns/work")).resolve()
 
     tags = {
@@ -201,7 +299,8 @@ def run(
             if on_started is not None:
                 on_started(run_id)
             return _run_body(config, reg, dataset, tracker, run_id, device, work_root, eval_split_name,
-                             resume_run_id is not None, reporter, rank, world, experiment)
+                             resume_run_id is not None, reporter, rank, world, experiment,
+                             rename=run_name if auto_name else None)
     except (KeyboardInterrupt, plugins.UnknownComponentError):
         raise
     except Exception as exc:
@@ -213,20 +312,31 @@ def run(
 
 def _run_body(config, reg, dataset: Dataset, tracker: tracking.Tracker, run_id: str, device: str,
               work_root: Path, eval_split_name: str, resume: bool, reporter, rank: int, world: int,
-              experiment: str) -> RunResult:
+              experiment: str, rename: str | None = None) -> RunResult:
+    from .data.prepare import atomic_write_text
+
     work_dir = work_root / run_id
     work_dir.mkdir(parents=True, exist_ok=True)
-    (work_dir / "config.yaml").write_text(dump_config(config))
-    if rank == 0:
-        tracker.log_params(curated_params(config))
-        tracker.log_text(dump_config(config), "config.yaml")
-        tracker.log_dict({"name": dataset.name, "digest": dataset.digest, "synthetic": dataset.synthetic,
-                          "dir": str(dataset.dir) if dataset.dir else None,
-                          "manifest": dataset.manifest}, "dataset.json")
     ctx = RunContext(config=config, tracker=tracker, device=device, seed=int(config["seed"]),
                      work_dir=work_dir, quiet=bool(config.get("quiet")), resume=resume,
                      rank=rank, world_size=world, reporter=reporter)
     classifier = reg.obj(config)
+    # the values every `auto` resolves to, before anything is logged (see resolve_run_config)
+    resolved = resolve_run_config(config, classifier, dataset, ctx)
+    if rank == 0:
+        atomic_write_text(work_dir / "config.yaml", dump_config(config))
+        atomic_write_text(work_dir / "resolved_config.yaml", dump_config(resolved))
+        params = curated_params(resolved)
+        _warn_unresolved(params, str(config["plugin"]))
+        tracker.log_params(params)
+        tracker.log_text(dump_config(config), "config.yaml")
+        tracker.log_text(dump_config(resolved), "resolved_config.yaml")
+        if rename:
+            tracker.set_run_name(tracking.default_run_name(str(config["plugin"]), dataset.name,
+                                                           _model_id(resolved), like=rename))
+        tracker.log_dict({"name": dataset.name, "digest": dataset.digest, "synthetic": dataset.synthetic,
+                          "dir": str(dataset.dir) if dataset.dir else None,
+                          "manifest": dataset.manifest}, "dataset.json")
     train, val = dataset["train"], dataset["val"]
     if rank == 0:
         for split in (train, val):
@@ -234,13 +344,27 @@ def _run_body(config, reg, dataset: Dataset, tracker: tracking.Tracker, run_id: 
     classifier.fit(train, val, ctx)
     eval_split = dataset[eval_split_name]
     predictions = classifier.predict(eval_split, ctx)
+    reference = None
+    from .evaluation.evaluators import Reference, wants_reference
+
+    need_val = predictions.probabilities is not None and wants_reference(config, eval_split_name)
+    if world > 1:  # every rank must take part in predict(val) or none
+        need_val = _broadcast(need_val)
+    if need_val:
+        # calibration and conformal sets are fitted on val predictions, never on the evaluated split
+        val_predictions = classifier.predict(val, ctx)
+        if rank == 0:
+            reference = Reference(val, val_predictions.aligned_to(val))
     if rank != 0:
         return RunResult(run_id, experiment, {}, predictions, work_dir)
     predictions = predictions.aligned_to(eval_split)
-    predictions.to_frame(eval_split).to_csv(work_dir / f"predictions_{eval_split_name}.csv", index=False)
+    (work_dir / f"predictions_{eval_split_name}.csv").write_text(tracking.table_csv(predictions.to_frame(eval_split)),
+                                                                  encoding="utf-8")
     if eval_split_name == "test":
         _log_split(tracker, dataset, eval_split)
-    metrics, results = evaluate(eval_split, predictions, config)
+    metrics, results = evaluate(eval_split, predictions, config, reference)
+    if reference is not None:
+        tracker.log_table(reference.predictions.to_frame(val), "predictions_val.csv")
     if predictions.info:
         tracker.log_dict(_jsonable(predictions.info), f"{eval_split_name}_prediction_info.json")
     step = ctx.final_step(f"{eval_split_name}_{k}" for k in metrics)
@@ -248,6 +372,12 @@ def _run_body(config, reg, dataset: Dataset, tracker: tracking.Tracker, run_id: 
     if get_dotted(config, "tracking.log_model", True) and hasattr(classifier, "log_model"):
         classifier.log_model(ctx)
     return RunResult(run_id, experiment, prefixed, predictions, work_dir)
+
+
+def _model_id(resolved: dict) -> str | None:
+    """The model a resolved config runs (its ``model`` curated param), for the run name."""
+    value = curated_params(resolved).get("model")
+    return None if value is None else str(value)
 
 
 def split_digest(dataset: Dataset, split: Split) -> str:

@@ -257,13 +257,13 @@ def plugin_schema(plugin: str):
     from .. import plugins
     from ..config import build_schema, configs_dir
 
-    reg = plugins.get_classifier(plugin)
-    plugin_cfg = reg.options.get("config")
+    plugins.get_classifier(plugin)  # an unknown plugin is refused, naming the installed ones
+    # the same file `derma run` uses: configs/<plugin>.yaml (installed with the core), else the
+    # plugin's registered one
+    plugin_cfg = plugins.classifier_config_path(plugin, configs_dir())
     layers = [configs_dir() / "default.yaml"]
-    if plugin_cfg:
+    if plugin_cfg is not None:
         layers.append(Path(plugin_cfg))
-    elif (configs_dir() / f"{plugin}.yaml").exists():
-        layers.append(configs_dir() / f"{plugin}.yaml")
     return build_schema(layers)
 
 

@@ -1,7 +1,11 @@
-"""The ``resnet18`` backend: :class:`ResNet18Classifier` (fit, predict, log_model)."""
+"""The ``resnet18`` backend (alias ``cnn``): :class:`ResNet18Classifier` (fit, predict, log_model).
+
+``model.arch`` picks the network (``resnet18``: torchvision's, the default; any timm name).
+"""
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -14,21 +18,22 @@ from derma_core.labels import LABELS
 
 from .checkpoint import load_checkpoint
 from .data import SplitImages
-from .model import DermaResNet18, ProbabilityModel, build_model, load_into
+from .model import ProbabilityModel, build_model, build_net, is_timm_arch, load_weights_into, timm_preprocessing
 from .recipe import (class_weights, recipe_from_config, resolve_channels_last, resolve_num_workers,
                      resolve_precision, resolve_weights)
 from .training import Runtime, curves_figure, predict_logits, softmax, train
 
 
 class ResNet18Classifier:
-    """torchvision ResNet-18 trained with the original study's recipe (see ``configs/resnet18.yaml``)."""
+    """A CNN (torchvision ResNet-18 by default, any timm model with ``model.arch``) trained with
+    the original study's recipe (see ``configs/resnet18.yaml``)."""
 
     name = "resnet18"
 
     def __init__(self, config: dict) -> None:
         self.config = config
         self.recipe = recipe_from_config(config)
-        self.model: DermaResNet18 | None = None
+        self.model: torch.nn.Module | None = None
         self.runtime: Runtime | None = None
         self.image_size: int | None = None
         self.best_epoch: int | None = None
@@ -47,16 +52,47 @@ class ResNet18Classifier:
                        num_workers=resolve_num_workers(self.recipe.num_workers, ctx.device, cached),
                        rank=ctx.rank, world=ctx.world_size, quiet=ctx.quiet)
 
-    def _input_size(self, split: Split) -> int:
+    def _input_size(self, split: Split, weights: str = "none") -> int:
+        """``train.image_size``; else, for a timm model with pretrained weights, the input size of
+        its pretrained config; else the dataset's prepared size."""
         if self.recipe.image_size:
             return int(self.recipe.image_size)
+        if is_timm_arch(self.recipe.arch) and weights == "imagenet":
+            return timm_preprocessing(self.recipe.arch, self.recipe.arch_kwargs).input_size
         if split.cache is not None:
             return int(split.cache.shape[1])
         return int(get_dotted(self.config, "data.size", 224))
 
-    def _to_device(self, model: DermaResNet18, rt: Runtime) -> DermaResNet18:
+    def _to_device(self, model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
         fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
         return model.to(device=rt.device, memory_format=fmt)
+
+    def _checkpoint(self) -> dict:
+        """The ``checkpoint: PATH`` file, read once (resolve and fit both need it)."""
+        if getattr(self, "_loaded_checkpoint", None) is None:
+            self._loaded_checkpoint = load_checkpoint(Path(self.recipe.checkpoint).expanduser())
+        return self._loaded_checkpoint
+
+    def resolve(self, config: dict, dataset, ctx: RunContext) -> dict:
+        """What this run's ``auto`` values are (the runner logs them as the curated params):
+        weights, epochs, precision, and the image side it trains and predicts at (a 32 px
+        prepared folder is 32). ``fit`` uses the same functions, so these are what runs."""
+        recipe = self.recipe
+        train_split = dataset["train"]
+        precision = resolve_precision(recipe.precision, ctx.device)
+        out = {"precision": precision,
+               "train.channels_last": resolve_channels_last(recipe.channels_last, ctx.device, precision),
+               "train.num_workers": resolve_num_workers(recipe.num_workers, ctx.device, train_split.cache is not None)}
+        if recipe.checkpoint:  # evaluation of a trained model: no training in this run
+            ck = self._checkpoint()
+            out.update({"model.weights": f"checkpoint:{recipe.checkpoint}", "train.epochs": 0,
+                        "train.image_size": int(recipe.image_size or ck.get("image_size")
+                                                or self._input_size(train_split))})
+            return out
+        weights = resolve_weights(recipe.weights, self.config)
+        out.update({"model.weights": weights, "train.epochs": int(recipe.epochs),
+                    "train.image_size": self._input_size(train_split, weights)})
+        return out
 
     # -- Classifier protocol --------------------------------------------------------------------
     def fit(self, train_split: Split, val_split: Split, ctx: RunContext) -> None:
@@ -66,19 +102,19 @@ class ResNet18Classifier:
         if recipe.checkpoint:
             self._load_for_evaluation(recipe.checkpoint, ctx, rt, train_split)
             return
-        size = self.image_size = self._input_size(train_split)
         weights = resolve_weights(recipe.weights, self.config)
+        size = self.image_size = self._input_size(train_split, weights)
         if rt.rank == 0 and train_split.cache is None:
             print("resnet18: the train split has no prep cache: decoding JPEGs every epoch (slow); "
                   "`derma prep` builds the cache", file=sys.stderr)
-        model = build_model(weights, recipe.dropout, progress=not ctx.quiet)
+        model = build_model(weights, recipe.dropout, progress=not ctx.quiet, arch=recipe.arch,
+                            kwargs=recipe.arch_kwargs, image_size=size)
         self.model = self._to_device(model, rt)
         cw = class_weights(train_split.y, recipe.weighting, recipe.cap)
+        # weights, epochs, precision, image size, world size: the curated params (see resolve)
         ctx.tracker.log_params({
             **recipe.params(),
-            "resolved_weights": weights, "resolved_precision": rt.precision,
             "resolved_channels_last": rt.channels_last, "num_workers": rt.num_workers,
-            "train_image_size": size, "world_size": rt.world,
             "class_weights": "none" if cw is None else [round(float(w), 4) for w in cw],
         })
         state = train(self.model, SplitImages(train_split, size), SplitImages(val_split, size), recipe, rt, ctx,
@@ -94,17 +130,19 @@ class ResNet18Classifier:
             ctx.tracker.log_figure(curves_figure(state.history, state.best_epoch), "figures/training_curves.png")
 
     def _load_for_evaluation(self, path: str, ctx: RunContext, rt: Runtime, train_split: Split) -> None:
-        ck = load_checkpoint(Path(path).expanduser())
+        ck = self._checkpoint()
         state = ck.get("best_model") or ck["model"]
-        dropout = float(get_dotted(ck.get("config") or {}, "model.dropout", 0.0) or 0.0)
-        model = DermaResNet18(len(LABELS), dropout)
-        load_into(model, state, f"checkpoint={path}")
+        ck_config = ck.get("config") or {}
+        dropout = float(get_dotted(ck_config, "model.dropout", 0.0) or 0.0)
+        arch = str(get_dotted(ck_config, "model.arch", "resnet18") or "resnet18")
+        size = int(self.recipe.image_size or ck.get("image_size") or self._input_size(train_split))
+        model = build_net(arch, dropout, len(LABELS), get_dotted(ck_config, "model.kwargs") or {}, size)
+        load_weights_into(model, state, f"checkpoint={path}")
         self.model = self._to_device(model, rt)
-        self.image_size = int(self.recipe.image_size or ck.get("image_size") or self._input_size(train_split))
+        self.image_size = size
         self.best_epoch = int(ck.get("best_epoch") or ck.get("epoch") or 0)
         ctx.tracker.set_tags({"derma.evaluated_checkpoint": str(path), "derma.best_epoch": self.best_epoch})
-        ctx.tracker.log_params({"checkpoint": str(path), "resolved_precision": rt.precision,
-                                "train_image_size": self.image_size})
+        ctx.tracker.log_params({"checkpoint": str(path)})
 
     def predict(self, split: Split, ctx: RunContext) -> Predictions:
         """Class probabilities (softmax) for every image of ``split``; the label is the argmax."""
@@ -123,8 +161,7 @@ class ResNet18Classifier:
         """A CPU copy of the trained network taking uint8 ``(B, H, W, 3)`` images, giving probabilities."""
         if self.model is None:
             raise RuntimeError("resnet18: no trained model")
-        net = DermaResNet18(self.model.head.out_features, self.model.dropout.p)
-        net.load_state_dict({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        net = copy.deepcopy(self.model).to(device="cpu", memory_format=torch.contiguous_format)
         return ProbabilityModel(net, self.image_size).eval()
 
     def log_model(self, ctx: RunContext) -> str | None:

@@ -74,6 +74,22 @@ def all_gather_rows(array: np.ndarray, rt: Runtime) -> np.ndarray:
     return np.concatenate(parts, axis=0)
 
 
+def sync_buffers(model: nn.Module, rt: Runtime) -> None:
+    """Every rank takes rank 0's buffers (BatchNorm running statistics), in place.
+
+    DDP keeps the weights equal, but each rank's forward passes update its own BatchNorm
+    running statistics on its own shard (DDP's broadcast_buffers copies rank 0's before each
+    training forward, which then updates them per rank again); evaluated without this, each rank would predict its
+    shard of val and test with different statistics. Called after every training epoch, before
+    evaluation, so per-epoch validation, the best-epoch copy, checkpoints and test predictions
+    use identical weights and statistics on every rank (the identity without DDP)."""
+    if not rt.distributed:
+        return
+    with torch.no_grad():
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
 def all_reduce_sum(values: list[float], rt: Runtime) -> list[float]:
     if not rt.distributed:
         return values
@@ -192,6 +208,7 @@ def train(model: nn.Module, train_set: SplitImages, val_set: SplitImages, recipe
             epoch = state.epoch + 1
             metrics = _train_epoch(ddp_model, model, loader, optimizer, scheduler, scaler, criterion, augment,
                                    aug_gen, rt, ctx, epoch, recipe, size)
+            sync_buffers(model, rt)  # rank 0's BatchNorm statistics on every rank, before evaluating
             t_val = time.perf_counter()
             val_logits = predict_logits(model, val_set, rt, max(recipe.batch_size, 64), size)
             metrics.update(validation_metrics(val_y, val_logits, criterion_cpu))

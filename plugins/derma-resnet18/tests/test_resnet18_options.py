@@ -49,9 +49,12 @@ def test_train_loader_never_leaves_a_batch_of_one():
 
 
 def test_options_train_and_stop_early(tmp_path, capsys):
+    torch.manual_seed(0)  # the model's initialisation does not depend on the tests run before
     ds = _dataset_split()
+    # fp32: on 16 px images layer4 of ResNet-18 sees 1x1 maps, and bf16 (what `auto` picks on CPUs
+    # with native bf16) diverges to NaN for some initialisations at this lr; precision is tested elsewhere
     config = resolve_config("resnet18", values={
-        "train.epochs": 4, "train.patience": 1, "train.scheduler": "onecycle", "train.sampler": "balanced",
+        "precision": "fp32", "train.epochs": 4, "train.patience": 1, "train.scheduler": "onecycle", "train.sampler": "balanced",
         "train.label_smoothing": 0.1, "train.optimizer": "adam", "class_weighting.mode": "uncapped",
         "augmentation.vflip": 0.5, "train.batch_size": 16, "train.lr": 0.003, "quiet": True})
     clf = ResNet18Classifier(config)

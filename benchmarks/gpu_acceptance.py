@@ -14,8 +14,11 @@ Steps, in order, each one `derma` command:
   resnet18-amp   `derma run --plugin resnet18` (bf16 autocast on CUDA) on the synthetic set's
                  prepared cache; its training images/s beside the same network's pure compute
                  (random tensors, same batch, size, precision and layout) measured here
-  vlm-score      `derma run --plugin vlm_zeroshot` answer_mode=score, if that backend is installed
-                 (its own `model.name: auto` model: tiny random on the synthetic set)
+  vlm-score      `derma run --plugin vlm_zeroshot` answer_mode=score precision=bf16, if that backend
+                 is installed, on a random Gemma 3 4B-shaped model (google/medgemma-4b-it's sizes:
+                 text, SigLIP tower at 896 px, 262k vocabulary) built here with derma_vlm.tiny's
+                 builder, created on the GPU in bf16 and saved with safetensors (~8.6 GB under
+                 --work); --tiny uses the tiny shape of the same family (tiny-gemma3)
 
 It prints one table (step, status, seconds, images/s, peak GPU memory of the step's process tree
 sampled with nvidia-smi) and exits non-zero when any step fails. Random weights: the answers and
@@ -60,6 +63,8 @@ VISION_SIZES = {
                  patch_size=8, projection_dim=32, hidden_act="quick_gelu", layer_norm_eps=1e-5),
 }
 RUN_ID = re.compile(r"MLflow run id: (\w+)")
+#: The vlm-score step's family (a derma_vlm.tiny name) and its real-sized shape (a key of SHAPES).
+VLM_FAMILY, VLM_SHAPE = "tiny-gemma3", "4b"
 
 
 def write_original_checkpoint(root: Path, text_size: str, vision_size: str, device: str) -> Path:
@@ -350,9 +355,40 @@ def run_all(acc: Acceptance, args, work: Path, text_size: str, resnet_size: int)
 
     plugins.load_plugins()
     if "vlm_zeroshot" in plugins.classifiers():
-        acc.step("vlm-score", [*derma, "run", "--plugin", "vlm_zeroshot", *common, "-o", "answer_mode=score",
-                               "-o", "inference.max_new_tokens=16"], images=n_test,
-                 note="model.name auto: tiny random on synthetic (real-sized family not wired here)")
+        vlm_score(acc, args, work, n_test)
+
+
+def vlm_score(acc: Acceptance, args, work: Path, n_test: int) -> None:
+    """``vlm_zeroshot`` in score mode on a random model of one family: real-sized on the GPU, the
+    family's tiny shape with --tiny. The build's seconds are reported in the note, not the step's."""
+    from derma_vlm import tiny as vlm_tiny
+
+    shape = None if args.tiny else VLM_SHAPE
+    t0 = time.perf_counter()
+    try:
+        folder = vlm_tiny.build_tiny(VLM_FAMILY, dst=None if args.tiny else work / f"vlm-{VLM_SHAPE}", shape=shape,
+                                     dtype="float32" if args.tiny else "bfloat16",
+                                     device="cpu" if args.tiny else args.device)
+    except Exception as exc:  # a failed build is this step's failure, not the script's
+        acc.rows.append({"step": "vlm-score", "status": "FAILED", "seconds": time.perf_counter() - t0,
+                         "images_per_s": None, "peak_gpu": "-",
+                         "note": f"building {VLM_FAMILY} {shape}: {exc}"[:300]})
+        return
+    build_s = time.perf_counter() - t0
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the build's memory, before the step's process loads the folder
+    with torch.device("meta"):  # count the parameters without allocating them
+        params = sum(p.numel() for p in
+                     AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(folder)).parameters())
+    count = f"{params / 1e9:.2f} B" if params >= 1e8 else f"{params / 1e6:.2f} M"
+    label = vlm_tiny.SHAPES[VLM_FAMILY][shape]["label"] if shape else "Gemma 3 family, tiny shape (tiny-gemma3)"
+    precision = [] if args.tiny else ["-o", "precision=bf16"]
+    acc.step("vlm-score", [*acc.derma, "run", "--plugin", "vlm_zeroshot", *acc.common(), "-o", f"model.name={folder}",
+                           "-o", "model.allow_random=true", "-o", "answer_mode=score", *precision],
+             images=n_test, note=f"{label}, {count} params, random; built in {build_s:.0f} s")
 
 
 if __name__ == "__main__":

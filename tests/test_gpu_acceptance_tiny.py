@@ -32,3 +32,12 @@ def test_gpu_acceptance_tiny_runs_every_step(tmp_path):
     assert out.returncode == 0 and not failed, (failed, table, out.stderr[-6000:])
     # the resnet18 row sets training images/s beside pure compute
     assert re.search(r"training \d+ img/s vs pure compute \d+ img/s", table), table
+    # vlm-score (when derma_vlm is installed) runs the tiny shape of the family the GPU run sizes up,
+    # and names the family and parameter count
+    try:
+        import derma_vlm  # noqa: F401
+    except ImportError:
+        return
+    assert rows.get("vlm-score") == "ok", table
+    assert re.search(r"^vlm-score .*Gemma 3 family, tiny shape \(tiny-gemma3\), \d+\.\d+ M params", table,
+                     re.MULTILINE), table

@@ -117,27 +117,34 @@ def _ids(tok, *names: str) -> list[int]:
 
 
 # -- Gemma 3 ---------------------------------------------------------------------------------------
-def _gemma3_config(tok):
+def _gemma3_config(tok, sizes: dict | None = None):
+    """The tiny Gemma 3 config, or with ``sizes`` (an entry of :data:`SHAPES`) a real-sized one."""
     from transformers import Gemma3Config, Gemma3TextConfig, SiglipVisionConfig
 
+    sizes = sizes or {}
     boi, eoi, img = _ids(tok, "<start_of_image>", "<end_of_image>", "<image_soft_token>")
-    text = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                            num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
-                            sliding_window=64, max_position_embeddings=2048, pad_token_id=tok.pad_token_id,
-                            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                            layer_types=["sliding_attention", "full_attention"])
-    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                                image_size=32, patch_size=8)
-    return Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, boi_token_index=boi,
-                        eoi_token_index=eoi, image_token_index=img, tie_word_embeddings=True)
+    text_kw = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+                   sliding_window=64, max_position_embeddings=2048, pad_token_id=tok.pad_token_id,
+                   bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                   layer_types=["sliding_attention", "full_attention"])
+    vision_kw = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                     image_size=32, patch_size=8)
+    text = Gemma3TextConfig(**{**text_kw, **sizes.get("text", {})})
+    vision = SiglipVisionConfig(**{**vision_kw, **sizes.get("vision", {})})
+    return Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=sizes.get("image_tokens", 4),
+                        boi_token_index=boi, eoi_token_index=eoi, image_token_index=img, tie_word_embeddings=True)
 
 
-def _gemma3_processor(tok):
+def _gemma3_processor(tok, sizes: dict | None = None):
     from transformers import Gemma3Processor
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
-    ip = Gemma3ImageProcessorPil(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    return Gemma3Processor(image_processor=ip, tokenizer=tok, chat_template=GEMMA3_TEMPLATE, image_seq_length=4)
+    sizes = sizes or {}
+    side = sizes.get("vision", {}).get("image_size", 32)
+    ip = Gemma3ImageProcessorPil(size={"height": side, "width": side}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return Gemma3Processor(image_processor=ip, tokenizer=tok, chat_template=GEMMA3_TEMPLATE,
+                           image_seq_length=sizes.get("image_tokens", 4))
 
 
 # -- Qwen2.5-VL ------------------------------------------------------------------------------------
@@ -253,6 +260,34 @@ SPECS: dict[str, TinySpec] = {
 #: What ``model.name: auto`` resolves to on the synthetic data.
 DEFAULT_TINY = "tiny-gemma3"
 
+#: Published sizes of real models, per tiny family: ``build_tiny(name, shape=...)`` builds a random
+#: model of that size with the same tokenizer and chat template (the embedding padded to the
+#: published vocabulary, so the parameter count and the logits' width are the real ones).
+SHAPES: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny-gemma3": {
+        # google/gemma-3-4b-it = google/medgemma-4b-it: Gemma 3 4B text, SigLIP So400m/14 at 896 px,
+        # 256 image tokens; 4.3 B parameters.
+        "4b": {"label": "Gemma 3 4B (google/medgemma-4b-it shape)",
+               "text": dict(vocab_size=262208, hidden_size=2560, intermediate_size=10240, num_hidden_layers=34,
+                            num_attention_heads=8, num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256,
+                            sliding_window=1024, max_position_embeddings=131072, layer_types=None,
+                            rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0,
+                                                                "rope_theta": 1_000_000.0},
+                                             "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}}),
+               "vision": dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                              image_size=896, patch_size=14, vision_use_head=False),
+               "image_tokens": 256},
+        # The 4B's widths with few layers and a small vocabulary (a CPU check of the sized code path).
+        "small": {"label": "Gemma 3 4B widths, 4 text / 4 vision layers",
+                  "text": dict(hidden_size=2560, intermediate_size=10240, num_hidden_layers=4,
+                               num_attention_heads=8, num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256,
+                               sliding_window=1024, layer_types=None),
+                  "vision": dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=4,
+                                 num_attention_heads=16, image_size=224, patch_size=14, vision_use_head=False),
+                  "image_tokens": 64},
+    },
+}
+
 
 def _corpus() -> list[str]:
     """Text the tiny tokenizers are trained on: every registered prompt, class codes and names."""
@@ -311,11 +346,22 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "derma" / "models"
 
 
-def build_tiny(name: str = DEFAULT_TINY, dst: str | os.PathLike | None = None, seed: int = 0) -> Path:
+def build_tiny(name: str = DEFAULT_TINY, dst: str | os.PathLike | None = None, seed: int = 0,
+               shape: str | None = None, dtype: str = "float32", device: str = "cpu") -> Path:
     """The folder of tiny model ``name`` (a key of :data:`SPECS`), built on first use and cached by
-    content (same name, seed and version: the same folder, reused). Written atomically."""
+    content (same name, seed and version: the same folder, reused). Written atomically.
+
+    ``shape`` (a key of ``SHAPES[name]``) builds the same family at published sizes instead, created
+    directly on ``device`` in ``dtype`` with the config's own initialiser (std 0.02: the tiny models'
+    0.2 would saturate every softmax at real width); its marker records ``params``, the count."""
     if name not in SPECS:
         raise ValueError(f"unknown tiny model {name!r}; choose one of {', '.join(SPECS)}")
+    sizes = None
+    if shape is not None:
+        if shape not in SHAPES.get(name, {}):
+            known = ", ".join(SHAPES.get(name, {})) or "(none)"
+            raise ValueError(f"no shape {shape!r} for {name}; choose one of {known}")
+        sizes = SHAPES[name][shape]
     import shutil
     import tempfile
 
@@ -324,21 +370,30 @@ def build_tiny(name: str = DEFAULT_TINY, dst: str | os.PathLike | None = None, s
 
     spec = SPECS[name]
     # The tokenizer is trained on the registered prompts: a changed prompt gives a new folder.
-    key = hashlib.sha256(json.dumps([_TINY_VERSION, name, seed, _corpus()]).encode()).hexdigest()[:12]
-    dst = Path(dst) if dst is not None else default_cache_dir() / f"{name}-{key}"
+    key_parts = [_TINY_VERSION, name, seed, _corpus()] + ([shape, dtype, sizes] if sizes else [])
+    key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:12]
+    folder = f"{name}-{key}" if sizes is None else f"{name.removeprefix('tiny-')}-{shape}-random-{key}"
+    dst = Path(dst) if dst is not None else default_cache_dir() / folder
     marker = dst / "derma_tiny.json"
     if marker.exists() and json.loads(marker.read_text()).get("key") == key:
         return dst
     tok = build_tokenizer(spec)
-    config = spec.build_config(tok)
-    with torch.random.fork_rng(devices=[]):
+    config = spec.build_config(tok) if sizes is None else spec.build_config(tok, sizes)
+    if sizes is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForImageTextToText.from_config(config)
+        _randomise(model, seed)
+    else:
         torch.manual_seed(seed)
-        model = AutoModelForImageTextToText.from_config(config)
-    _randomise(model, seed)
+        with torch.device(device):
+            model = AutoModelForImageTextToText.from_config(config, dtype=getattr(torch, dtype))
     model.eval()
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
-    processor = spec.build_processor(tok)
+    processor = spec.build_processor(tok) if sizes is None else spec.build_processor(tok, sizes)
+    extra = {} if sizes is None else {"shape": shape, "label": sizes.get("label", shape), "dtype": dtype,
+                                      "params": sum(p.numel() for p in model.parameters())}
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
@@ -346,7 +401,9 @@ def build_tiny(name: str = DEFAULT_TINY, dst: str | os.PathLike | None = None, s
         processor.save_pretrained(tmp)
         (tmp / "derma_tiny.json").write_text(json.dumps({
             "key": key, "name": name, "seed": seed,
-            "what": f"tiny random {spec.model_type} for tests and smoke runs; its predictions are meaningless"}))
+            "what": f"tiny random {spec.model_type} for tests and smoke runs; its predictions are meaningless",
+            **extra}))
+        del model
         if marker.exists():  # another process finished first: keep theirs
             shutil.rmtree(tmp, ignore_errors=True)
             return dst

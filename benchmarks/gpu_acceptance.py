@@ -215,21 +215,28 @@ class Acceptance:
         history = client.get_metric_history(run_id, key)
         return float(sorted(history, key=lambda m: m.step)[-1].value) if history else None
 
+    def dataset(self):
+        """The synthetic set the steps use (generated once into the work folder's cache)."""
+        if getattr(self, "_dataset", None) is None:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+            from derma_core.config import resolve_config
+            from derma_core.runner import load_dataset
+
+            os.environ["DERMA_CACHE_DIR"] = str(self.work / "cache")
+            config = resolve_config("resnet18", values={"data.synthetic_n": self.args.images, "quiet": True,
+                                                        "data.cache_dir": str(self.work / "cache")})
+            self._dataset = load_dataset(config)
+        return self._dataset
+
     def split_size(self, name: str) -> int:
         """Rows of one split of the synthetic set the steps use (images/s counts them)."""
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from derma_core.config import resolve_config
-        from derma_core.runner import load_dataset
-
-        os.environ["DERMA_CACHE_DIR"] = str(self.work / "cache")
-        config = resolve_config("resnet18", values={"data.synthetic_n": self.args.images, "quiet": True,
-                                                    "data.cache_dir": str(self.work / "cache")})
-        return len(load_dataset(config)[name])
+        return len(self.dataset()[name])
 
 
-def pure_compute(batch: int, size: int, device: str, precision: str, steps: int) -> float:
-    """images/s of forward + backward + step of the resnet18 plugin's network on random tensors,
-    with derma's own train_step, precision and layout (no data loading, no augmentation)."""
+def pure_compute(batch: int, size: int, device: str, precision: str, steps: int, label_set) -> float:
+    """images/s of forward + backward + step of the resnet18 plugin's network (its head over
+    ``label_set``, the trained run's classes) on random tensors, with derma's own train_step,
+    precision and layout (no data loading, no augmentation)."""
     import torch
 
     from derma_resnet18.model import build_model
@@ -240,12 +247,12 @@ def pure_compute(batch: int, size: int, device: str, precision: str, steps: int)
                  channels_last=resolve_channels_last(None, device, precision), num_workers=0)
     fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
     torch.manual_seed(0)
-    model = build_model("none", 0.2, progress=False, image_size=size).to(rt.device, memory_format=fmt)
+    model = build_model("none", 0.2, label_set, progress=False, image_size=size).to(rt.device, memory_format=fmt)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
     crit = torch.nn.CrossEntropyLoss()
     scaler = torch.amp.GradScaler(rt.device.type, enabled=precision == "fp16")
     x = torch.randn(batch, 3, size, size, device=rt.device).contiguous(memory_format=fmt)
-    y = torch.randint(0, 7, (batch,), device=rt.device)
+    y = torch.randint(0, len(label_set), (batch,), device=rt.device)
     model.train()
 
     def sync():
@@ -346,7 +353,8 @@ def run_all(acc: Acceptance, args, work: Path, text_size: str, resnet_size: int)
                                     "-o", "train.epochs=2", "-o", f"precision={precision}"])
     if r18["status"] == "ok":
         train_ips = acc.metric(r18["run_id"], "images_per_second")
-        compute = pure_compute(32, resnet_size, args.device, precision, 5 if args.tiny else 50)
+        compute = pure_compute(32, resnet_size, args.device, precision, 5 if args.tiny else 50,
+                               acc.dataset().label_set)
         r18["images_per_s"] = train_ips
         r18["note"] = (f"{precision}, {resnet_size} px: training {train_ips or float('nan'):.0f} img/s vs pure "
                        f"compute {compute:.0f} img/s ({(train_ips or 0) / compute:.2f}x)")

@@ -77,6 +77,7 @@ def main() -> None:
 
     import torch
 
+    from derma_core.data.datasets.ham10000 import LABEL_SET
     from derma_core.prompts import SEED_PROMPTS
     from derma_vlm.generation import generate_answers
     from derma_vlm.scoring import score_labels
@@ -96,7 +97,8 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (450, 600, 3), dtype=np.uint8)) for _ in range(args.images)]
-    question = SEED_PROMPTS["p1"]
+    question = SEED_PROMPTS["p1"]  # the original study's question: HAM10000's seven classes
+    labels = list(LABEL_SET.codes)
     bs = args.batch_size
 
     def loop():
@@ -110,13 +112,13 @@ def main() -> None:
         return len(images)
 
     def score():
-        scores = score_labels(loaded, images, question, batch_size=bs)
-        assert scores.shape == (len(images), 7) and np.isfinite(scores).all()
+        scores = score_labels(loaded, images, question, labels, batch_size=bs)
+        assert scores.shape == (len(images), len(labels)) and np.isfinite(scores).all()
         return len(images)
 
     # warm-up: kernels, allocator
     generate_answers(loaded, images[:2], question, max_new_tokens=2)
-    score_labels(loaded, images[:2], question, batch_size=2)
+    score_labels(loaded, images[:2], question, labels, batch_size=2)
     rates = {}
     for name, fn in (("original loop (batch 1, 16 tokens, no stop)", loop),
                      (f"batched generate (batch {bs}, max {args.new_tokens} tokens)", batched),

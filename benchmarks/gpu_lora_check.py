@@ -74,15 +74,17 @@ def build_random_model(folder: Path, tiny: bool, device: str) -> dict:
 
 
 def random_split(n: int, size: int, seed: int = 0):
-    """A split of ``n`` random HAM10000-sized (450x600) images, labels cycling over the classes."""
+    """A split of ``n`` random HAM10000-sized (450x600) images, labels cycling over HAM10000's
+    classes (the check trains on the original study's p1 question, which names those seven)."""
+    from derma_core.data.datasets.ham10000 import LABEL_SET
     from derma_core.interfaces import Split
-    from derma_core.labels import LABELS
 
     rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({"id": [f"b{i}" for i in range(n)], "label": [LABELS[i % 7] for i in range(n)],
-                          "lesion_id": [f"L{i}" for i in range(n)], "image_path": [f"b{i}.jpg" for i in range(n)]})
+    codes = LABEL_SET.codes
+    frame = pd.DataFrame({"id": [f"b{i}" for i in range(n)], "label": [codes[i % len(codes)] for i in range(n)],
+                          "group_id": [f"L{i}" for i in range(n)], "image_path": [f"b{i}.jpg" for i in range(n)]})
     cache = rng.integers(0, 256, size=(n, size, int(size * 4 / 3), 3), dtype=np.uint8)
-    return Split("bench", frame, Path("."), cache)
+    return Split("bench", frame, Path("."), cache, label_set=LABEL_SET)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -151,7 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
             inner = trained.base_model.model if isinstance(trained, PeftModel) else trained
             scoring = dataclasses.replace(loaded, model=inner)
             images = [val_split.load_image(i) for i in range(len(val_split))]
-            scores = score_labels(scoring, images, SEED_PROMPTS["p1"], batch_size=args.batch)
+            scores = score_labels(scoring, images, SEED_PROMPTS["p1"], list(val_split.label_set.codes),
+                                  batch_size=args.batch)
             return {"macro_f1": float(np.mean(scores.argmax(1) == val_split.y)), "finite_scores":
                     float(np.isfinite(scores).all())}
 

@@ -4,7 +4,8 @@ For each model it compares
   * the original study's loop: one image at a time, greedy generate of 16 new tokens with no
     stop (the typical length of LLaVA-Med's answers there),
   * batched greedy generate (left padding, stops at the end-of-turn token, max 16 new tokens),
-  * label-likelihood scoring (one prefill per image shared by all 7 labels, end-of-turn included),
+  * label-likelihood scoring (one prefill per image shared by all of HAM10000's seven labels, the
+    classes the original study's p1 question names; end-of-turn included),
 and prints the ratios measured in the same process (goal: score mode >= 5x the original loop).
 
     python benchmarks/vlm_eval.py [--models llava,tiny-gemma3] [--images 32] [--batch-size 8] [--threads 2]
@@ -37,7 +38,8 @@ def load(name: str):
     return load_generic({"model": {"name": name}, "precision": "fp32", "data": {"source": "synthetic"}}, "cpu")
 
 
-def bench(name: str, images: list, question: str, bs: int, new_tokens: int, repeats: int) -> dict[str, float]:
+def bench(name: str, images: list, question: str, labels: list[str], bs: int, new_tokens: int,
+          repeats: int) -> dict[str, float]:
     from derma_vlm.generation import generate_answers
     from derma_vlm.scoring import score_labels
 
@@ -52,7 +54,7 @@ def bench(name: str, images: list, question: str, bs: int, new_tokens: int, repe
             generate_answers(loaded, images[i:i + bs], question, max_new_tokens=new_tokens)
 
     def score():
-        score_labels(loaded, images, question, batch_size=bs)
+        score_labels(loaded, images, question, labels, batch_size=bs)
 
     score()  # warm-up (first calls allocate)
     results = {}
@@ -84,6 +86,7 @@ def main() -> None:
     import torch
     from PIL import Image
 
+    from derma_core.data.datasets.ham10000 import LABEL_SET
     from derma_core.prompts import SEED_PROMPTS
 
     torch.set_num_threads(args.threads)
@@ -94,7 +97,7 @@ def main() -> None:
     print(f"{'model':<22} {'original loop':>14} {'batched gen':>12} {'score':>10}   score/original  score/batched"
           "  batched/original   (images/s)")
     for name in models:
-        r = bench(name, images, question, bs, args.new_tokens, args.repeats)
+        r = bench(name, images, question, list(LABEL_SET.codes), bs, args.new_tokens, args.repeats)
         print(f"{name:<22} {r['original']:14.2f} {r['batched']:12.2f} {r['score']:10.2f}   "
               f"{r['score'] / r['original']:13.1f}x {r['score'] / r['batched']:13.1f}x {r['batched'] / r['original']:16.1f}x")
     print(f"(goal: score >= 5x the original loop; original = 1 image, {args.new_tokens} tokens, no stop; "

@@ -1,16 +1,21 @@
 """VQA answers: the original study's parser, a strict parser, and ``model_vqa.py`` file formats.
 
-Two parsers turn a free-text VLM answer into a label (or ``None`` = invalid):
+Two parsers turn a free-text VLM answer into a class code of the dataset's label set (or
+``None`` = invalid):
 
 ``seed``
     exactly the original study's ``parse_to_label`` (see SEED_FACTS): first whole-token class
     code in label order, else the first alias phrase found as a substring, else the first class
     code found as a raw substring ("melanocytic lesion" -> mel), else invalid. A reply listing
-    several labels silently becomes the first in label order.
+    several labels silently becomes the first in label order. Its alias table is the study's, so
+    it runs on HAM10000's label set only (any other is refused in one line).
 ``strict``
-    whole-word class codes and clinical names only; a reply naming two or more different classes,
-    or none, is invalid. Each failure kind is counted (``empty``, ``no_label``,
-    ``multiple_labels``) so a run reports why answers were rejected.
+    whole-word names of the label set's classes only (:meth:`LabelSet.aliases`: the code, the
+    display name and the synonyms, each also with a plural ``s``/``es``; the longest name wins
+    where names overlap, so "actinic keratosis" is not also "keratosis"); a reply naming two or
+    more different classes, or none, is invalid. Each failure kind is counted (``empty``,
+    ``no_label``, ``multiple_labels``) so a run reports why answers were rejected. Works on any
+    label set.
 
 Files: the question file LLaVA-Med's ``llava/eval/model_vqa.py`` reads and the answer file it
 writes, one JSON object a line (readers report malformed lines by number instead of crashing).
@@ -19,6 +24,8 @@ This module also adds the ``derma eval-answers`` and ``derma sweep-prompts`` com
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import re
@@ -31,12 +38,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import hookimpl
-from .labels import LABELS
+from .data.datasets.ham10000 import require_ham10000
+from .labels import LabelSet
 
 PARSERS = ("seed", "strict")
 
 # -- the seed parser, verbatim in behaviour -----------------------------------------------------
-#: Alias phrases of the original parser, in its order (first substring hit wins).
+#: Alias phrases of the original parser, in its order (first substring hit wins); HAM10000 only.
 SEED_ALIASES: tuple[tuple[str, str], ...] = (
     ("actinic keratosis", "akiec"), ("actinic keratoses", "akiec"), ("intraepithelial carcinoma", "akiec"),
     ("bowen", "akiec"),
@@ -58,63 +66,70 @@ def normalize(text: str | None) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
-def parse_to_label(text: str | None) -> str | None:
-    """The original study's parser (``parse_to_label``): a label, or None when invalid."""
+def require_seed_parser(label_set: LabelSet) -> None:
+    """One line when the seed parser (the study's, HAM10000's alias table) meets another label set."""
+    require_ham10000(label_set, "parser seed (the study's parse_to_label; parser strict works on any dataset)")
+
+
+def parse_to_label(text: str | None, label_set: LabelSet) -> str | None:
+    """The original study's parser (``parse_to_label``): a label, or None when invalid.
+    ``label_set`` must be HAM10000's (:func:`require_seed_parser`)."""
+    require_seed_parser(label_set)
+    return _seed_parse(text, label_set.codes)
+
+
+def _seed_parse(text: str | None, codes: tuple[str, ...]) -> str | None:
     norm = normalize(text)
     tokens = set(norm.split())
-    for label in LABELS:  # 1. first class code, in label order, present as a whole token
+    for label in codes:  # 1. first class code, in label order, present as a whole token
         if label in tokens:
             return label
     for phrase, label in SEED_ALIASES:  # 2. first alias phrase as a substring
         if phrase in norm:
             return label
-    for label in LABELS:  # 3. first class code as a raw substring
+    for label in codes:  # 3. first class code as a raw substring
         if label in norm:
             return label
     return None
 
 
 # -- the strict parser ---------------------------------------------------------------------------
-#: Whole-word phrases naming each class: codes, clinical names and common synonyms. "vsc" is
-#: the p4 prompt's typo for vasc, so an answer echoing the offered option still counts.
-STRICT_PHRASES: dict[str, tuple[str, ...]] = {
-    "akiec": ("akiec", "actinic keratosis", "actinic keratoses", "intraepithelial carcinoma",
-              "intraepithelial carcinomas", "bowen", "bowens", "bowen s disease", "bowen disease"),
-    "bcc": ("bcc", "basal cell carcinoma", "basal cell carcinomas"),
-    "bkl": ("bkl", "benign keratosis", "benign keratoses", "benign keratosis like lesion",
-            "benign keratosis like lesions", "seborrheic keratosis", "seborrheic keratoses",
-            "seborrhoeic keratosis", "solar lentigo", "solar lentigines", "lichen planus like keratosis",
-            "lichen planus like keratoses"),
-    "df": ("df", "dermatofibroma", "dermatofibromas"),
-    "mel": ("mel", "melanoma", "melanomas", "malignant melanoma"),
-    "nv": ("nv", "melanocytic nevus", "melanocytic nevi", "melanocytic naevus", "melanocytic naevi", "nevus",
-           "nevi", "naevus", "naevi"),
-    "vasc": ("vasc", "vsc", "vascular lesion", "vascular lesions", "angioma", "angiomas", "hemangioma",
-             "hemangiomas", "haemangioma", "angiokeratoma", "angiokeratomas", "pyogenic granuloma",
-             "pyogenic granulomas"),
-}
-_STRICT_PATTERNS = {label: re.compile(r"\b(?:" + "|".join(re.escape(p) for p in sorted(ps, key=len, reverse=True))
-                                      + r")\b") for label, ps in STRICT_PHRASES.items()}
-
 FAILURE_KINDS = ("empty", "no_label", "multiple_labels")
 
 
-def strict_parse(text: str | None) -> tuple[str | None, str | None]:
-    """``(label, None)`` when the answer names exactly one class; ``(None, failure_kind)`` otherwise."""
+@functools.lru_cache(maxsize=32)
+def _strict_matcher(label_set: LabelSet) -> tuple[re.Pattern, dict[str, tuple[str, ...]]]:
+    """One whole-word regex over every normalised alias of every class (longest first, so a
+    longer name wins where names overlap) and alias -> the class codes it names."""
+    owners: dict[str, list[str]] = {}
+    for code, aliases in label_set.aliases().items():
+        for alias in aliases:
+            norm = normalize(alias)
+            if norm and code not in owners.setdefault(norm, []):
+                owners[norm].append(code)
+    phrases = sorted(owners, key=lambda p: (-len(p), p))
+    pattern = re.compile(r"\b(" + "|".join(re.escape(p) for p in phrases) + r")(?:e?s)?\b")
+    return pattern, {p: tuple(c) for p, c in owners.items()}
+
+
+def strict_parse(text: str | None, label_set: LabelSet) -> tuple[str | None, str | None]:
+    """``(code, None)`` when the answer names exactly one class of ``label_set``;
+    ``(None, failure_kind)`` otherwise."""
     norm = normalize(text)
     if not norm:
         return None, "empty"
-    found = [label for label, pattern in _STRICT_PATTERNS.items() if pattern.search(norm)]
+    pattern, owners = _strict_matcher(label_set)
+    found = {code for match in pattern.finditer(norm) for code in owners[match.group(1)]}
     if not found:
         return None, "no_label"
     if len(found) > 1:
         return None, "multiple_labels"
-    return found[0], None
+    return found.pop(), None
 
 
-def parse_strict(text: str | None) -> str | None:
+def parse_strict(text: str | None, label_set: LabelSet) -> str | None:
     """The strict parser's label (None when invalid)."""
-    return strict_parse(text)[0]
+    return strict_parse(text, label_set)[0]
 
 
 @dataclass
@@ -134,22 +149,29 @@ class ParseReport:
                 "failures": {k: int(self.failures.get(k, 0)) for k in FAILURE_KINDS}}
 
 
-def parse_answers(texts: Iterable[str | None], parser: str = "seed") -> ParseReport:
-    """Parse every answer with ``parser`` (``seed`` or ``strict``); failure kinds are counted for both
-    (for ``seed``, ``multiple_labels`` counts replies it resolved silently although the strict
-    reading names several classes)."""
+def check_parser(parser: str, label_set: LabelSet) -> None:
+    """One line for an unknown parser, or the seed parser on a label set other than HAM10000's."""
     if parser not in PARSERS:
         raise ValueError(f"parser must be one of {', '.join(PARSERS)}, got {parser!r}")
+    if parser == "seed":
+        require_seed_parser(label_set)
+
+
+def parse_answers(texts: Iterable[str | None], parser: str = "seed", *, label_set: LabelSet) -> ParseReport:
+    """Parse every answer with ``parser`` (``seed`` or ``strict``) into codes of ``label_set``;
+    failure kinds are counted for both (for ``seed``, ``multiple_labels`` counts replies it
+    resolved silently although the strict reading names several classes)."""
+    check_parser(parser, label_set)
     labels: list[str | None] = []
     failures: Counter = Counter()
     for text in texts:
-        strict_label, kind = strict_parse(text)
+        strict_label, kind = strict_parse(text, label_set)
         if parser == "strict":
             labels.append(strict_label)
             if kind:
                 failures[kind] += 1
         else:
-            label = parse_to_label(text)
+            label = _seed_parse(text, label_set.codes)
             labels.append(label)
             if label is None:
                 failures["empty" if not normalize(text) else "no_label"] += 1
@@ -236,13 +258,20 @@ def _write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     return path
 
 
-def question_row(qid: str, image: str, prompt: str, answer: str | None = None,
-                 template_id: str = "lesion_7way_v1") -> dict:
+def template_id(label_set: LabelSet) -> str:
+    """The ``template_id`` of a question file: ``lesion_<K>way_v1`` (the study's
+    ``lesion_7way_v1`` on HAM10000)."""
+    return f"lesion_{len(label_set)}way_v1"
+
+
+def question_row(qid: str, image: str, prompt: str, answer: str | None = None, *, label_set: LabelSet) -> dict:
+    """One line of a ``model_vqa.py`` question file (keys in the original study's order); with
+    ``answer`` (a class code of ``label_set``) its ``answer_id`` is the class index."""
     row: dict[str, Any] = {"question_id": qid, "image": image, "text": prompt}
     if answer is not None:
         row["answer"] = answer
-        row["answer_id"] = LABELS.index(answer) if answer in LABELS else None
-    row["template_id"] = template_id
+        row["answer_id"] = label_set.index(answer)
+    row["template_id"] = template_id(label_set)
     return row
 
 
@@ -278,28 +307,32 @@ class AnswerEvaluation:
 
 
 def evaluate_answer_files(questions: str | os.PathLike, answers: str | os.PathLike,
-                          parser: str = "seed") -> AnswerEvaluation:
-    """Join an answer file to its question file and parse the answers.
+                          parser: str = "seed", *, label_set: LabelSet) -> AnswerEvaluation:
+    """Join an answer file to its question file and parse the answers into ``label_set``'s codes.
 
     Questions without an answer become invalid predictions (listed in ``missing``); answers to
     unknown questions are ignored (listed in ``extra``); malformed lines are skipped and listed
-    by line number in ``problems``."""
+    by line number in ``problems``; questions whose ``answer`` is not a class of ``label_set``
+    are skipped and listed too. Each question's group is its ``group_id`` (or ``lesion_id``)
+    field, else the question itself."""
     import pandas as pd
 
     from .interfaces import Predictions, Split
 
+    check_parser(parser, label_set)
     q = read_questions(questions)
     a = read_answers(answers)
     problems = {"questions": q.problems, "answers": a.problems}
+    classes = ", ".join(label_set.codes)
     labelled, unlabelled = [], []
     for row in q.rows:
-        (labelled if row.get("answer") in LABELS else unlabelled).append(row)
+        (labelled if row.get("answer") in label_set else unlabelled).append(row)
     for row in unlabelled:
         problems["questions"].append((0, f"question {row['question_id']!r} has no true label in 'answer' "
-                                         f"(one of {', '.join(LABELS)}); skipped"))
+                                         f"(one of {classes}); skipped"))
     if not labelled:
         raise AnswerFileError(f"{questions}: no usable question line (each needs question_id, image, text "
-                              f"and answer = one of {', '.join(LABELS)})")
+                              f"and answer = one of {classes})")
     if not a.rows:  # scoring no answers at all would log a run with accuracy 0
         why = f"; first problem: line {a.problems[0][0]}: {a.problems[0][1]}" if a.problems else " (the file is empty)"
         raise AnswerFileError(f"{answers}: no usable answer line{why}; each line needs question_id and text "
@@ -310,27 +343,28 @@ def evaluate_answer_files(questions: str | os.PathLike, answers: str | os.PathLi
     qset = set(qids)
     extra = [row["question_id"] for row in a.rows if row["question_id"] not in qset]
     texts = [by_id[qid]["text"] if qid in by_id else None for qid in qids]
-    report = parse_answers(texts, parser)
+    report = parse_answers(texts, parser, label_set=label_set)
     labels = [None if qid not in by_id else lab for qid, lab in zip(qids, report.labels)]
-    frame = pd.DataFrame({"id": qids, "label": [row["answer"] for row in labelled],
-                          "lesion_id": [str(row.get("lesion_id", row["question_id"])) for row in labelled],
+    groups = [str(row.get("group_id", row.get("lesion_id", row["question_id"]))) for row in labelled]
+    frame = pd.DataFrame({"id": qids, "label": [row["answer"] for row in labelled], "group_id": groups,
                           "image_path": [row["image"] for row in labelled]})
-    split = Split("answers", frame, Path(questions).resolve().parent)
+    split = Split("answers", frame, Path(questions).resolve().parent, label_set=label_set)
     info = report.as_info()
     info.update({"n_missing": len(missing), "n_extra": len(extra)})
     predictions = Predictions(ids=qids, labels=labels, raw_text=[t if t is not None else "" for t in texts],
-                              info=info)
+                              info=info, label_set=label_set)
     return AnswerEvaluation(split, predictions, report, missing, extra, problems)
 
 
 @dataclass
 class MetadataJoin:
-    """What ``--metadata`` attached: the images found, those missing from the table, label clashes."""
+    """What ``--metadata``/``--prepared`` attached: the images found, those missing from the
+    table, label clashes."""
 
     path: str
     matched: int
     missing: list[str]
-    label_mismatch: list[tuple[str, str, str]]  # (image id, question's answer, metadata's dx)
+    label_mismatch: list[tuple[str, str, str]]  # (image id, question's answer, metadata's label)
     columns: list[str]
 
     def as_info(self) -> dict[str, Any]:
@@ -339,14 +373,37 @@ class MetadataJoin:
                 "metadata_columns": self.columns}
 
 
-def attach_metadata(split: Any, metadata: str | os.PathLike) -> tuple[Any, MetadataJoin]:
-    """The answer split with ``lesion_id`` and the metadata columns (sex, age, localization,
-    dx_type) of a HAM10000-style table, matched by image id (the question's ``image`` file stem).
+def _join_metadata(split: Any, table: Any, columns: list[str], source: str) -> tuple[Any, MetadataJoin]:
+    """``split`` with ``group_id`` and ``columns`` taken from ``table`` (indexed by image id, with
+    ``group_id`` and ``label`` columns), matched by the questions' image file stems. Images
+    missing from the table keep their own group and empty metadata (the ``missing`` subgroup)."""
+    from .interfaces import Split
 
-    Images missing from the table keep their own question id as lesion id and empty metadata
+    frame = split.frame.copy()
+    image_ids = frame["image_path"].map(lambda v: Path(str(v)).stem)
+    found = image_ids.isin(table.index).to_numpy()
+    hit = image_ids[found]
+    frame.loc[found, "group_id"] = table.loc[hit, "group_id"].astype(str).to_numpy()
+    for col in columns:
+        frame[col] = ""
+        frame.loc[found, col] = table.loc[hit, col].astype(str).to_numpy()
+    mismatch = []
+    if "label" in table.columns:
+        other = table.loc[hit, "label"].astype(str).to_numpy()
+        truth = frame.loc[found, "label"].astype(str).to_numpy()
+        mismatch = [(i, t, d) for i, t, d in zip(hit, truth, other) if d and d != t]
+    join = MetadataJoin(source, int(found.sum()), image_ids[~found].tolist(), mismatch, columns)
+    return Split(split.name, frame, split.root, split.cache, label_set=split.label_set), join
+
+
+def attach_metadata(split: Any, metadata: str | os.PathLike) -> tuple[Any, MetadataJoin]:
+    """The answer split with ``group_id`` (HAM10000's ``lesion_id``) and the metadata columns
+    (sex, age, localization, dx_type) of a HAM10000-style table, matched by image id (the
+    question's ``image`` file stem).
+
+    Images missing from the table keep their own question id as group and empty metadata
     (the ``missing`` subgroup): they are reported in :class:`MetadataJoin`, never dropped."""
     from .data.raw import OPTIONAL_COLUMNS, PrepError, read_metadata
-    from .interfaces import Split
 
     path = Path(metadata)
     try:
@@ -358,22 +415,47 @@ def attach_metadata(split: Any, metadata: str | os.PathLike) -> tuple[Any, Metad
                               f"(has {', '.join(table.columns)}); pass HAM10000_metadata.csv")
     table = table.assign(image_id=table["image_id"].map(lambda v: Path(str(v)).stem))
     table = table.drop_duplicates("image_id", keep="first").set_index("image_id")
-    frame = split.frame.copy()
-    image_ids = frame["image_path"].map(lambda v: Path(str(v)).stem)
-    found = image_ids.isin(table.index).to_numpy()
-    columns = [c for c in OPTIONAL_COLUMNS if c in table.columns]
-    hit = image_ids[found]
-    frame.loc[found, "lesion_id"] = table.loc[hit, "lesion_id"].astype(str).to_numpy()
-    for col in columns:
-        frame[col] = ""
-        frame.loc[found, col] = table.loc[hit, col].astype(str).to_numpy()
-    mismatch = []
-    if "dx" in table.columns:
-        dx = table.loc[hit, "dx"].astype(str).to_numpy()
-        truth = frame.loc[found, "label"].astype(str).to_numpy()
-        mismatch = [(i, t, d) for i, t, d in zip(hit, truth, dx) if d and d != t]
-    join = MetadataJoin(str(path), int(found.sum()), image_ids[~found].tolist(), mismatch, columns)
-    return Split(split.name, frame, split.root, split.cache), join
+    table = table.rename(columns={"lesion_id": "group_id", "dx": "label"})
+    return _join_metadata(split, table, [c for c in OPTIONAL_COLUMNS if c in table.columns], str(path))
+
+
+def attach_prepared(split: Any, dataset: Any) -> tuple[Any, MetadataJoin]:
+    """The answer split with ``group_id`` and every metadata column of a prepared dataset's
+    splits (its own subgroup columns), matched by image id (the question's ``image`` file stem
+    is the prepared image id, as ``derma vqa`` writes it)."""
+    import pandas as pd
+
+    from .interfaces import SPLIT_COLUMNS
+
+    table = pd.concat([s.frame for s in dataset.splits.values()], ignore_index=True)
+    table = table.assign(id=table["id"].astype(str)).drop_duplicates("id", keep="first").set_index("id")
+    columns = [c for c in table.columns if c not in SPLIT_COLUMNS]
+    return _join_metadata(split, table, columns, str(dataset.dir or dataset.name))
+
+
+def answers_dataset(prepared: str | os.PathLike | None = None):
+    """The dataset an answer file is scored against: the prepared folder's (its manifest's label
+    set, grouping and subgroup columns), or HAM10000's -- the original study's model_vqa files."""
+    if prepared is None:
+        from .data.datasets.ham10000 import DESCRIPTOR
+
+        return DESCRIPTOR, None
+    from .data.prepare import load_prepared
+
+    try:
+        dataset = load_prepared(Path(prepared).expanduser())
+    except (FileNotFoundError, ValueError) as exc:
+        raise AnswerFileError(f"--prepared: {exc}") from None
+    return dataset.descriptor, dataset
+
+
+def _file_digest(*paths: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
 
 
 # -- commands --------------------------------------------------------------------------------------
@@ -385,40 +467,53 @@ def _register(cli) -> None:
                   help="model_vqa.py question file (JSONL with question_id, image, text, answer).")
     @click.option("--answers", "-a", required=True, type=click.Path(dir_okay=False),
                   help="model_vqa.py answer file (JSONL with question_id, text).")
-    @click.option("--parser", type=click.Choice(PARSERS), default="seed", show_default=True)
+    @click.option("--parser", type=click.Choice(PARSERS), default="seed", show_default=True,
+                  help="seed: the original study's parser (HAM10000 only); strict: any dataset.")
     @click.option("--experiment", default="answer-files", show_default=True, help="MLflow experiment.")
     @click.option("--run-name", help="MLflow run name (default: the answer file's name).")
     @click.option("--tracking-uri", help="MLflow tracking URI.")
     @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
                   help="Override a core config key, e.g. -o evaluation.bootstrap=0.")
+    @click.option("--prepared", "prepared", type=click.Path(file_okay=False),
+                  help="The folder from `derma prep` the questions were written from (`derma vqa`): its label "
+                       "set, and its groups and metadata columns by image id. Without it the files are "
+                       "HAM10000's (the original study's).")
     @click.option("--metadata", "metadata", type=click.Path(dir_okay=False),
                   help="HAM10000_metadata.csv: attach lesion ids (lesion-level intervals) and sex, age, "
                        "localization, dx_type (subgroup tables) by image id.")
-    def eval_answers_command(questions, answers, parser, experiment, run_name, tracking_uri, overrides, metadata):
+    def eval_answers_command(questions, answers, parser, experiment, run_name, tracking_uri, overrides, prepared,
+                             metadata):
         """Evaluate an existing model_vqa.py answer file through derma's evaluators; log an MLflow run."""
         from . import runner, tracking
         from .config import ConfigError, resolve_config
+        from .interfaces import Dataset
 
         try:
+            if prepared and metadata:
+                raise AnswerFileError("--prepared already holds the metadata of its images; drop --metadata")
             config = resolve_config(None, overrides=overrides)
             config["parser"] = parser
-            ev = evaluate_answer_files(questions, answers, parser)
+            descriptor, prepared_dataset = answers_dataset(prepared)
+            ev = evaluate_answer_files(questions, answers, parser, label_set=descriptor.labels)
             join = None
             if metadata:
                 ev.split, join = attach_metadata(ev.split, metadata)
-        except (ConfigError, AnswerFileError) as exc:
+            elif prepared_dataset is not None:
+                ev.split, join = attach_prepared(ev.split, prepared_dataset)
+        except (ConfigError, AnswerFileError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
+        source = metadata or prepared
         if join is not None:
-            click.echo(f"metadata: {join.matched} of {len(ev.split)} images matched in {metadata} "
-                       f"({ev.split.frame['lesion_id'].nunique()} lesions)", err=True)
+            click.echo(f"metadata: {join.matched} of {len(ev.split)} images matched in {source} "
+                       f"({ev.split.frame['group_id'].nunique()} groups)", err=True)
             if join.missing:
-                click.echo(f"warning: {len(join.missing)} image id(s) are not in {metadata} (kept, each its own "
-                           f"lesion, subgroup 'missing'): {', '.join(join.missing[:10])}"
+                click.echo(f"warning: {len(join.missing)} image id(s) are not in {source} (kept, each its own "
+                           f"group, subgroup 'missing'): {', '.join(join.missing[:10])}"
                            f"{' ...' if len(join.missing) > 10 else ''}", err=True)
             if join.label_mismatch:
                 i, t, d = join.label_mismatch[0]
                 click.echo(f"warning: {len(join.label_mismatch)} image(s) have a different true label in the question "
-                           f"file than dx in {metadata}, e.g. {i}: {t} vs {d} (the question file's label is used)",
+                           f"file than in {source}, e.g. {i}: {t} vs {d} (the question file's label is used)",
                            err=True)
         for where, items in ev.problems.items():
             for line, message in items[:20]:
@@ -432,14 +527,22 @@ def _register(cli) -> None:
         if ev.extra:
             click.echo(f"warning: {len(ev.extra)} answer(s) match no question (ignored): "
                        f"{', '.join(ev.extra[:10])}{' ...' if len(ev.extra) > 10 else ''}", err=True)
-        metrics, results = runner.evaluate(ev.split, ev.predictions, config)
-        tags = {tracking.TAG_KIND: "eval-answers", tracking.TAG_VERSION: None}
+        dataset = Dataset(descriptor.name, _file_digest(questions), {ev.split.name: ev.split}, descriptor=descriptor,
+                          dir=prepared_dataset.dir if prepared_dataset is not None else None)
+        metrics, results = runner.evaluate(ev.split, ev.predictions, config, dataset)
+        label_set = ev.split.label_set
+        tags = {tracking.TAG_KIND: "eval-answers", tracking.TAG_VERSION: None, tracking.TAG_DATASET: descriptor.name,
+                tracking.TAG_LABEL_SET: ",".join(label_set.codes)}
         with tracking.start_run(experiment, run_name=run_name or Path(answers).name, tags=tags,
                                 uri=tracking_uri) as tracker:
             tracker.log_params({"parser": parser, "questions": str(Path(questions).resolve()),
                                 "answers": str(Path(answers).resolve())})
-            if join is not None:
+            tracker.log_dict(label_set.to_dict(), runner.LABEL_SET_ARTIFACT)
+            if prepared:
+                tracker.log_params({"prepared": str(Path(prepared).resolve())})
+            if metadata:
                 tracker.log_params({"metadata": str(Path(metadata).resolve())})
+            if join is not None:
                 tracker.log_metrics({"n_metadata_missing": len(join.missing)})
             tracker.log_dict({**ev.predictions.info, **(join.as_info() if join else {}),
                               "missing": ev.missing, "extra": ev.extra,
@@ -480,13 +583,22 @@ def _register(cli) -> None:
             reg = plugins.get_classifier(plugin)
             result = sweep_prompts(plugin, names, config_file, overrides, metric, experiment, tracking_uri,
                                    plugin_config=reg.options.get("config"))
-        except (ConfigError, plugins.UnknownComponentError) as exc:
+        except (ConfigError, plugins.UnknownComponentError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
         split = result["split"]
         for row in result["rows"]:
             ci = f" [{row['low']:.3f}, {row['high']:.3f}]" if row["low"] is not None else ""
             click.echo(f"  {row['prompt']:<12} {split}_{metric} {row['value']:.4f}{ci}  (run {row['run_id']})")
         click.echo(f"parent MLflow run id: {result['parent_run_id']}")
+
+
+def check_prompts(prompts: Iterable[str], label_set: LabelSet) -> None:
+    """Build every prompt for ``label_set`` before any run starts: an unknown prompt, or one of the
+    study's HAM10000-only wordings on another dataset, is one line here, not a failed child run."""
+    from . import plugins
+
+    for name in prompts:
+        plugins.get_prompt_builder(name)(label_set)
 
 
 def sweep_prompts(plugin: str, prompts: list[str], config_file=None, overrides=(), metric: str = "macro_f1",
@@ -505,10 +617,11 @@ def sweep_prompts(plugin: str, prompts: list[str], config_file=None, overrides=(
     base = resolve_config(plugin, config_file, overrides, values, plugin_config=plugin_config)
     split = base["evaluation"]["split"]
     dataset = runner.load_dataset(base)
+    check_prompts(prompts, dataset.label_set)
     exp_name = base["tracking"].get("experiment") or dataset.name
     rows = []
     tags = {tracking.TAG_KIND: "sweep-prompts", tracking.TAG_PLUGIN: plugin, tracking.TAG_DATASET: dataset.name,
-            tracking.TAG_DATASET_DIGEST: dataset.digest}
+            tracking.TAG_DATASET_DIGEST: dataset.digest, tracking.TAG_LABEL_SET: ",".join(dataset.label_set.codes)}
     with tracking.start_run(exp_name, run_name=f"sweep-prompts {plugin}", tags=tags,
                             uri=base["tracking"].get("uri")) as parent:
         parent.log_params({"plugin": plugin, "prompts": ",".join(prompts), "metric": metric})

@@ -49,11 +49,31 @@ def cli() -> None:
 
 
 def main() -> None:
+    """The console script: click's own handling, except that Ctrl-C exits 130 and SIGTERM 143
+    with one line saying what was kept (click would print "Aborted!" and exit 1)."""
+    from .lifetime import interrupt_exit_code, interrupt_reason, raise_on_sigterm
+
+    raise_on_sigterm()
     try:
-        cli(standalone_mode=True)
-    except KeyboardInterrupt:  # pragma: no cover
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+        code = cli.main(standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        interrupt = exc if isinstance(exc, KeyboardInterrupt) else exc.__context__ or exc.__cause__
+        interrupt = interrupt if isinstance(interrupt, KeyboardInterrupt) else KeyboardInterrupt()
+        run_id = getattr(interrupt, "run_id", None)
+        where = ""
+        if run_id:
+            work_dir = getattr(interrupt, "work_dir", None)
+            kept = f"; checkpoint and partial results kept in {work_dir}" if work_dir else ""
+            where = (f": MLflow run {run_id} ended as KILLED{kept}; continue it with "
+                     f"`derma run --resume {run_id}`")
+        click.echo(f"{interrupt_reason(interrupt)}{where}", err=True)
+        sys.exit(interrupt_exit_code(interrupt))
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

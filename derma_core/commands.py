@@ -17,9 +17,10 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _print_metrics(metrics: dict[str, float], prefix: str) -> None:
-    keys = ["accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auroc", "invalid_rate", "ece"]
+    from .tracking import HEADLINE_METRICS
+
     rows = []
-    for key in keys:
+    for key in HEADLINE_METRICS:
         name = f"{prefix}_{key}"
         if name in metrics:
             low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
@@ -33,7 +34,7 @@ def _print_metrics(metrics: dict[str, float], prefix: str) -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file overriding the defaults.")
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override one config key, e.g. -o train.epochs=3 (repeatable).")
-@click.option("--dataset", help="Dataset source (data.source): synthetic, ham10000, dermamnist, folder.")
+@click.option("--dataset", help="Dataset (data.source): synthetic (default), or any of `derma datasets` with --data-dir.")
 @click.option("--data-dir", help="Prepared folder from `derma prep` (data.dir).")
 @click.option("--experiment", help="MLflow experiment (default: the dataset name).")
 @click.option("--run-name", help="MLflow run name.")
@@ -45,15 +46,27 @@ def _print_metrics(metrics: dict[str, float], prefix: str) -> None:
 @click.option("--re-evaluate", is_flag=True,
               help="With --resume of a FINISHED run: evaluate it again (its metrics are logged again).")
 @click.option("--print-config", is_flag=True, help="Print the resolved config and exit.")
+@click.option("--eval-dataset", "eval_datasets", multiple=True, metavar="NAME=DIR",
+              help="Also evaluate on this prepared folder (repeatable; metrics eval_<name>_*); label-mapped, "
+                   "its images that duplicate the training data excluded.")
+@click.option("--eval-split", type=click.Choice(["test", "all"]), help="--eval-dataset rows: test (default) or all.")
+@click.option("--allow-overlap", is_flag=True, default=None,
+              help="Keep --eval-dataset images that duplicate the training data (warned and tagged).")
+@click.option("--label-map", "label_maps", multiple=True, type=click.Path(dir_okay=False),
+              help="A YAML label map tried before the built-in ones (repeatable).")
 def run_command(plugin, config_file, overrides, dataset, data_dir, experiment, run_name, tracking_uri, seed,
-                device, quiet, resume_run_id, re_evaluate, print_config):
+                device, quiet, resume_run_id, re_evaluate, print_config, eval_datasets, eval_split, allow_overlap,
+                label_maps):
     """Train and/or evaluate one backend and record everything in MLflow."""
     from . import plugins, runner, tracking
     from .config import ConfigError, dump_config, resolve_config
+    from .evaluation.crossdataset import print_eval_metrics
 
     values = {"data.source": dataset, "data.dir": data_dir, "tracking.experiment": experiment,
               "tracking.run_name": run_name, "tracking.uri": tracking_uri, "seed": seed, "device": device,
-              "quiet": quiet}
+              "quiet": quiet, "evaluation.datasets": list(eval_datasets) or None,
+              "evaluation.datasets_split": eval_split, "evaluation.allow_overlap": allow_overlap,
+              "evaluation.label_maps": list(label_maps) or None}
     try:
         if resume_run_id:
             from .runs import resume_config
@@ -91,6 +104,13 @@ def run_command(plugin, config_file, overrides, dataset, data_dir, experiment, r
     if print_config:
         click.echo(dump_config(config), nl=False)
         return
+    try:  # the store is created or migrated once, under a lock, before the run starts
+        tracking.configure(config["tracking"].get("uri"))
+    except tracking.StoreError as exc:
+        _fail(str(exc))
+    from .progress import quiet_library_bars
+
+    quiet_library_bars(bool(config.get("quiet")))  # a log gets derma's progress lines, not their redraws
     try:
         result = runner.run(config, resume_run_id=resume_run_id)
     except runner.RunError as exc:
@@ -103,7 +123,25 @@ def run_command(plugin, config_file, overrides, dataset, data_dir, experiment, r
     split = config["evaluation"]["split"]
     click.echo(f"{plugin} on {result.experiment} ({split} split):")
     _print_metrics(result.metrics, split)
-    click.echo(f"MLflow run id: {result.run_id}  (experiment {result.experiment!r}; `derma ui` to browse)")
+    print_eval_metrics(result.metrics, click.echo)
+    _print_where(result.run_id, tracking.resolve_tracking_uri(config["tracking"].get("uri")))
+
+
+def _print_where(run_id: str, uri: str) -> None:
+    """The end of ``derma run``: the run's name and id, where its artifacts are, how to see it."""
+    from . import tracking
+
+    run = tracking.get_run(run_id, uri)
+    experiment = tracking.get_experiment(run.info.experiment_id, uri)
+    click.echo(f"run {run.info.run_name}")
+    click.echo(f"MLflow run id: {run_id}  (experiment {experiment.name!r}, id {experiment.experiment_id}; "
+               f"store {uri})")
+    click.echo(f"artifacts: {tracking.local_path(run.info.artifact_uri)}")
+    serve = tracking.ui_command(uri)
+    run_url = tracking.ui_url(uri, experiment.experiment_id, run_id)
+    runs_url = tracking.ui_url(uri, experiment.experiment_id, view=tracking.has_runs_view(experiment))
+    click.echo(f"see it: `{serve}`, then {run_url}" if serve else f"see it: {run_url}")
+    click.echo(f"all runs of {experiment.name!r} side by side: {runs_url}")
 
 
 @click.group("plugins", invoke_without_command=True)
@@ -167,7 +205,18 @@ def ui_command(tracking_uri, host, port, workers):
     """Start the MLflow UI on derma's store (bound to 127.0.0.1 unless --host says otherwise)."""
     from . import tracking
 
-    click.echo(f"MLflow UI on http://{host}:{port} for {tracking.resolve_tracking_uri(tracking_uri)}")
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    base = f"http://{host}:{port}"
+    click.echo(f"MLflow UI on {base} for {uri} (Ctrl-C stops it)")
+    try:
+        experiments = tracking.list_experiments(uri)
+    except tracking.StoreError as exc:
+        _fail(str(exc))
+    if experiments:
+        click.echo("each experiment's runs (these links open MLflow's model-training layout, not its GenAI page):")
+    for exp in experiments:
+        url = tracking.ui_url(uri, exp.experiment_id, view=tracking.has_runs_view(exp), base=base)
+        click.echo(f"  {exp.name}: {url}")
     sys.exit(tracking.serve_ui(tracking_uri, host, port, workers))
 
 
@@ -176,3 +225,8 @@ def register_commands(cli):
     cli.add_command(run_command)
     cli.add_command(plugins_command)
     cli.add_command(ui_command)
+    from .data.overlap import overlap_command_factory
+    from .evaluation.external import eval_predictions_command_factory
+
+    cli.add_command(overlap_command_factory())
+    cli.add_command(eval_predictions_command_factory())

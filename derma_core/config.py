@@ -53,14 +53,55 @@ def configs_dir() -> Path:
     return Path(str(files("derma_core") / "configs"))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key repeated in one mapping (PyYAML keeps the last one
+    silently, so a second ``train:`` section would drop the first)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *anchor" merges are not duplicates
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            first = seen.setdefault(key, line)
+        except TypeError:  # an unhashable key: let PyYAML report it
+            continue
+        if first != line:
+            raise DuplicateKeyError(f"line {line}: key {key!r} is repeated (first at line {first}); "
+                                    "merge the two into one (YAML keeps only the last)")
+    return loader.construct_mapping(node, deep=deep)
+
+
+class DuplicateKeyError(ValueError):
+    """A YAML mapping repeats a key."""
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """``text`` as YAML, refusing duplicate keys at any level; errors name ``source`` and the line."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{source} {exc}") from None
+
+
 def load_yaml(path: str | os.PathLike) -> dict:
+    """A YAML mapping file (a config, search space or study): one-line errors naming the file and
+    line for missing files, invalid YAML and repeated keys."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: byte {exc.start} is not UTF-8 ({exc.reason}); save the file as UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text, str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -25,7 +25,7 @@ def register_classifiers(register: Callable[..., None]) -> None:
 
 @hookspec
 def register_prompt_builders(register: Callable[..., None]) -> None:
-    """Register VQA prompts: ``register(name, builder)``; ``builder(labels) -> question text``.
+    """Register VQA prompts: ``register(name, builder)``; ``builder(label_set) -> question text``.
 
     :param register: call once per prompt; the name is what ``prompt:`` in a config selects.
     """
@@ -33,17 +33,19 @@ def register_prompt_builders(register: Callable[..., None]) -> None:
 
 @hookspec
 def register_evaluators(register: Callable[..., None]) -> None:
-    """Register evaluators: ``register(name, evaluator)``; ``evaluator(split, predictions, config) -> EvalResult``.
+    """Register evaluators: ``register(name, evaluator, needs_reference=False)``; ``evaluator(inputs) -> EvalResult``.
 
-    :param register: call once per evaluator; every registered evaluator runs on every test split.
+    :param register: call once per evaluator; every registered evaluator runs on every test split and
+        receives one :class:`~derma_core.interfaces.EvalInput` (split, aligned predictions, config, the
+        dataset's facts, and with ``needs_reference=True`` the calibration split's predictions).
     """
 
 
 @hookspec
 def register_datasets(register: Callable[..., None]) -> None:
-    """Register dataset sources: ``register(name, source)``; ``source(config) -> Dataset``.
+    """Register datasets: ``register(name, descriptor)``; a :class:`~derma_core.data.descriptor.DatasetDescriptor` or any ``source(config) -> Dataset``.
 
-    :param register: call once per source; the name is what ``data.source`` selects.
+    :param register: call once per dataset; the name is what ``--dataset`` / ``data.source`` and ``derma prep --dataset`` select.
     """
 
 

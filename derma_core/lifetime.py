@@ -87,3 +87,40 @@ def popen_kwargs() -> dict:
     if not sys.platform.startswith("linux"):
         return {}
     return {"preexec_fn": lambda: set_parent_death_signal(signal.SIGTERM)}
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process gets SIGTERM (a cluster scheduler's or
+    ``docker stop``'s request to stop): it unwinds like Ctrl-C, so a run is ended KILLED with
+    its checkpoint kept, and derma exits 143 (128 + SIGTERM)."""
+
+    exit_code = 128 + signal.SIGTERM
+    reason = "terminated (SIGTERM)"
+
+
+def raise_on_sigterm() -> None:
+    """Turn SIGTERM into :class:`Terminated` in the main thread (once; later calls do nothing)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    owner = os.getpid()
+
+    def handler(signum, frame):  # noqa: ARG001
+        if os.getpid() != owner:  # a forked worker inherited the handler: just stop
+            os._exit(128 + signal.SIGTERM)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+        raise Terminated()
+
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, handler)
+
+
+def interrupt_exit_code(exc: BaseException) -> int:
+    """130 for Ctrl-C, 143 for SIGTERM."""
+    return getattr(exc, "exit_code", 130)
+
+
+def interrupt_reason(exc: BaseException) -> str:
+    return getattr(exc, "reason", "interrupted (Ctrl-C)")
+

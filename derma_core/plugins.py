@@ -40,6 +40,7 @@ DEFAULT_PLUGINS = (
     "derma_core.data.commands",
     "derma_core.answers",
     "derma_core.tuning",
+    "derma_core.study",
     "derma_core.runs",
 )
 

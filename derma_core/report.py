@@ -1,7 +1,11 @@
 """``derma report``: one self-contained HTML file (and a Markdown twin) of logged runs.
 
 Everything is READ back from MLflow: the metrics each run logged, its tables
-(``tables/test_*.csv``), figures (``figures/test_*.png``), ``config.yaml`` and the dataset digest.
+(``tables/test_*.csv``), figures (``figures/test_*.png``), ``config.yaml``, the dataset digest
+and the run's label set (``label_set.json``; for runs logged before it, HAM10000's when the
+predictions table fits it, else the table's distinct labels). Each run is shown with its own
+classes: the per-class tables come one per label set, and paired tests are only made between
+runs over the same classes and the same images (the report says why otherwise).
 No metric a run logged is recomputed; the only numbers computed here are the paired tests
 against the baseline run, which no single run can log (they come from
 :func:`derma_core.evaluation.compare.paired_comparison` on the two runs' predictions tables).
@@ -24,20 +28,22 @@ from typing import Any, Sequence
 import click
 import pandas as pd
 
-from .evaluation.compare import (PairingError, RunRecord, key_params, metric_cell, paired_comparison,
-                                 paired_table, predictions_artifact, render_markdown, runs_frame)
-from .labels import LABELS
+from .evaluation.compare import (PairingError, RunRecord, describe_classes, group_unit, key_params, metric_cell,
+                                 paired_comparison, paired_table, predictions_artifact, render_markdown, runs_frame,
+                                 summary_metrics, table_label_set)
+from .labels import LabelSet
 
 #: Figures shown per run, in this order (artifact ``figures/<split>_<name>.png``) and their captions.
 FIGURES = (
     ("confusion_matrix_normalized", "Confusion matrix (row-normalised)"),
+    ("per_class", "Per-class recall and F1"),
     ("reliability_diagram", "Reliability diagram (as predicted)"),
     ("calibrated_reliability_diagram", "Reliability diagram after scaling fitted on val"),
     ("risk_coverage", "Risk-coverage curve"),
     ("subgroups", "Macro-F1 per subgroup"),
 )
 #: Tables read per run (artifact ``tables/<split>_<name>.csv``).
-TABLES = ("subgroups", "subgroup_gaps", "conformal", "conformal_subgroups")
+TABLES = ("subgroups", "subgroup_gaps", "conformal", "conformal_per_class", "conformal_subgroups")
 CALIBRATION_METRICS = ("ece", "classwise_ece", "brier", "nll", "calibrated_ece", "calibrated_classwise_ece",
                        "calibrated_brier", "calibrated_nll")
 SELECTIVE_METRICS = ("selective_aurc", "selective_eaurc")
@@ -53,6 +59,10 @@ class RunReport:
     figures: dict[str, bytes] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     predictions: pd.DataFrame | None = None
+    #: The classes it was evaluated on (None when neither label_set.json nor a predictions table exists).
+    label_set: LabelSet | None = None
+    #: What its groups are (lesions, patients, images), from dataset.json.
+    unit: str = "groups"
 
 
 def load_run_report(record: RunRecord, uri: str | None, split: str = "test") -> RunReport:
@@ -76,6 +86,8 @@ def load_run_report(record: RunRecord, uri: str | None, split: str = "test") -> 
             rep.config_text = p.read_text(encoding="utf-8")
         if (p := fetch("dataset.json")) is not None:
             rep.dataset = json.loads(p.read_text(encoding="utf-8"))
+        if (p := fetch("label_set.json")) is not None:
+            rep.label_set = LabelSet.from_dict(json.loads(p.read_text(encoding="utf-8")))
         for name, _ in FIGURES:
             if (p := fetch(f"figures/{split}_{name}.png")) is not None:
                 rep.figures[name] = p.read_bytes()
@@ -84,6 +96,9 @@ def load_run_report(record: RunRecord, uri: str | None, split: str = "test") -> 
                 rep.tables[name] = tracking.read_table_csv(p)
         if (p := fetch(predictions_artifact(split))) is not None:
             rep.predictions = tracking.read_table_csv(p)
+    if rep.label_set is None and rep.predictions is not None:
+        rep.label_set = table_label_set(rep.predictions)
+    rep.unit = group_unit(rep.dataset)
     return rep
 
 
@@ -106,17 +121,54 @@ def _f(value: Any, digits: int = 3) -> str:
         return str(value)
 
 
-def results_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """accuracy, balanced accuracy, macro-F1 with intervals, per-class recall, invalid rate."""
+def results_table(frame: pd.DataFrame, label_sets: Sequence[LabelSet | None] | None = None) -> pd.DataFrame:
+    """Per run: its dataset and number of classes, accuracy, balanced accuracy, macro-F1 and each
+    grouping's sensitivity / specificity with intervals, the focus class's and groupings'
+    sensitivity at fixed specificity, and the invalid rate. (Per-class results are in
+    :func:`per_class_tables`, one table per label set.)"""
     out = pd.DataFrame({"run": [_label(r) for _, r in frame.iterrows()], "plugin": frame["plugin"].astype(str)})
+    datasets = [str(v) if isinstance(v, str) and v else "-" for v in frame.get("dataset", [None] * len(frame))]
+    sizes = [str(len(ls)) if ls is not None else "-" for ls in (label_sets or [None] * len(frame))]
+    out["dataset"] = datasets
+    out["classes"] = sizes
     for p in key_params(frame):
         out[p] = ["-" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in frame[p]]
-    for m in ("accuracy", "balanced_accuracy", "macro_f1"):
-        out[m] = [metric_cell(r, m) for _, r in frame.iterrows()]
-    for label in LABELS:
-        out[f"recall {label}"] = [_f(r.get(f"recall_{label}")) for _, r in frame.iterrows()]
+    summary = summary_metrics(frame.columns)
+    with_ci = ["accuracy", "balanced_accuracy", "macro_f1"] + [m for m in summary if m.endswith(("_sensitivity",
+                                                                                                  "_specificity"))]
+    for m in with_ci:
+        if m in frame.columns:
+            out[m] = [metric_cell(r, m) for _, r in frame.iterrows()]
+    for m in summary:
+        if "_sensitivity_at_spec" in m:
+            out[m] = [_f(r.get(m)) for _, r in frame.iterrows()]
     # "-" for a closed-set backend: it cannot give an invalid answer and logs no invalid_rate
     out["invalid_rate"] = [_f(r.get("invalid_rate")) for _, r in frame.iterrows()]
+    return out
+
+
+def per_class_tables(runs: Sequence["RunReport"], frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """One (heading, table) per distinct set of classes among the runs: a row per class (code,
+    name, support) and each run's recall and F1 on it, as logged."""
+    by_codes: dict[tuple[str, ...], list[int]] = {}
+    for i, rep in enumerate(runs):
+        if rep.label_set is not None:
+            by_codes.setdefault(rep.label_set.codes, []).append(i)
+    out = []
+    for codes, members in by_codes.items():
+        label_set = runs[members[0]].label_set
+        assert label_set is not None
+        table = pd.DataFrame({"class": list(codes), "name": list(label_set.names)})
+        rows = [frame.iloc[i] for i in members]
+        # the true images per class: the same for runs on the same split; the first run that logged it
+        supports = [[_f(r.get(f"support_{c}"), 0) for r in rows] for c in codes]
+        table["support"] = [next((v for v in values if v != "-"), "-") for values in supports]
+        for i, row in zip(members, rows):
+            name = runs[i].record.label
+            table[f"{name} recall"] = [_f(row.get(f"recall_{c}")) for c in codes]
+            table[f"{name} F1"] = [_f(row.get(f"f1_{c}")) for c in codes]
+        names = ", ".join(runs[i].record.label for i in members)
+        out.append((f"{describe_classes(label_set)}: {names}", table))
     return out
 
 
@@ -135,12 +187,16 @@ def _label(row: pd.Series) -> str:
     return f"{row['run_name']} ({short})" if row.get("run_name") else short
 
 
-def subgroup_display(table: pd.DataFrame) -> pd.DataFrame:
+def subgroup_display(table: pd.DataFrame, unit: str = "groups") -> pd.DataFrame:
+    """A run's subgroup table for display; ``unit`` names its resampled groups (lesions, patients)."""
+    names = [c for c in table.columns if f"{c}_ci_low" in table.columns] or ["accuracy", "balanced_accuracy",
+                                                                             "macro_f1"]
     rows = []
     for r in table.to_dict("records"):
-        rows.append({"column": r["column"], "group": r["group"], "images": r["images"], "lesions": r["lesions"],
+        rows.append({"column": r["column"], "group": r["group"], "images": r["images"],
+                     unit: r.get("units", r.get("lesions", "-")),
                      "small": "yes" if str(r["small"]).lower() in ("true", "1") else "",
-                     **{m: _cell(r, m) for m in ("accuracy", "balanced_accuracy", "macro_f1")}})
+                     **{m: _cell(r, m) for m in names}})
     return pd.DataFrame(rows)
 
 
@@ -161,13 +217,57 @@ def _cell(r: dict, m: str) -> str:
     return f"{_f(v)} [{_f(lo)}, {_f(hi)}]" if _f(lo) != "-" and _f(hi) != "-" else _f(v)
 
 
+def _yes(value: Any) -> bool:
+    return str(value).lower() in ("true", "1", "1.0")
+
+
 def conformal_display(table: pd.DataFrame) -> pd.DataFrame:
-    cols = [c for c in ("method", "alpha", "target_coverage", "coverage", "mean_set_size", "singleton_rate",
-                        "empty_rate", "qhat") if c in table.columns]
-    out = table[cols].copy()
-    for c in cols[1:]:
-        out[c] = [_f(v) for v in out[c]]
-    return out
+    """A run's conformal summary: a row per method, coverage with its interval and the range a
+    correct calibration of this size leaves (runs logged before intervals show the point only)."""
+    rows = []
+    for r in table.to_dict("records"):
+        row = {"method": r["method"], "alpha": _f(r.get("alpha")), "target": _f(r.get("target_coverage")),
+               "coverage [CI]": _cell(r, "coverage")}
+        if "expected_low" in r:
+            row["expected range"] = (f"{_f(r['expected_low'])}-{_f(r['expected_high'])}"
+                                     if _f(r["expected_low"]) != "-" else "-")
+        for c in ("mean_set_size", "singleton_rate", "empty_rate", "qhat"):
+            if c in r:
+                row[c] = _f(r[c])
+        if "classes_below_target" in r:
+            row["classes below target"] = _f(r["classes_below_target"], 0)
+        if "calibration_images" in r:
+            row["calibration images"] = _f(r["calibration_images"], 0)
+        if "note" in r:
+            row["note"] = r["note"] if isinstance(r["note"], str) and r["note"] else ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def conformal_per_class_display(per_class: pd.DataFrame, summary: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per-class coverage of every method beside its marginal coverage (the first row): a row
+    per class, a column per method with ``coverage [CI]``, flagged when the whole interval is
+    below target, or saying the class had too few calibration images for a threshold."""
+    methods = list(dict.fromkeys(per_class["method"]))
+    by = {(r["method"], r["label"]): r for r in per_class.to_dict("records")}
+    marginal = {r["method"]: r for r in summary.to_dict("records")} if summary is not None else {}
+    rows = [{"class": "all images (marginal)", "test images": _f(per_class.groupby("method")["images"].sum().iloc[0], 0),
+             "calibration images": _f(next(iter(marginal.values()), {}).get("calibration_images"), 0),
+             **{m: _cell(marginal[m], "coverage") if m in marginal else "-" for m in methods}}]
+    for label in dict.fromkeys(per_class["label"]):
+        row = {"class": label, "test images": _f(by[(methods[0], label)].get("images"), 0),
+               "calibration images": _f(by[(methods[0], label)].get("calibration_images"), 0)}
+        for m in methods:
+            r = by.get((m, label), {})
+            text = _cell(r, "coverage")
+            if _yes(r.get("below_target")):
+                text += " \u26a0 below target"
+            note = r.get("note")
+            if isinstance(note, str) and note.startswith("too few"):
+                text += " (no threshold: in every set)"
+            row[m] = text
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 # -- rendering ------------------------------------------------------------------------------------
@@ -203,13 +303,25 @@ class Report:
         """(heading, [(kind, payload)]) with kinds text / table:<class> / figure / pre / h3."""
         out: list[tuple[str, list[tuple[str, Any]]]] = []
         n = len(self.runs)
-        intro = (f"{n} run{'s' if n != 1 else ''}, evaluated on the {self.split} split. Intervals are lesion-level "
-                 "bootstrap percentile intervals as each run logged them.")
-        out.append(("Results", [("text", intro), ("table:results", results_table(self.frame))]))
+        intro = (f"{n} run{'s' if n != 1 else ''}, evaluated on the {self.split} split. Intervals are group-level "
+                 "(lesion or patient, as each dataset groups its images) bootstrap percentile intervals as each run "
+                 "logged them. Grouped metrics (e.g. malignancy_sensitivity) take the positive group of a grouping of "
+                 "the classes against the rest.")
+        out.append(("Results", [("text", intro),
+                                ("table:results", results_table(self.frame, [r.label_set for r in self.runs]))]))
+        from .evaluation.crossdataset import cross_dataset_sections  # runs evaluated on other datasets too
+
+        out += cross_dataset_sections([r.record for r in self.runs], self.split)
+        class_items: list[tuple[str, Any]] = []
+        for heading, table in per_class_tables(self.runs, self.frame):
+            class_items += [("h3", heading), ("table:per-class", table)]
+        if class_items:
+            out.append(("Per-class results", [("text", "Recall and F1 per class as each run logged them, one table "
+                                                       "per set of classes.")] + class_items))
         if self.baseline is not None and self.paired:
             items: list[tuple[str, Any]] = [("text", f"Each run (A) against the baseline {self.baseline.record.label} (B), "
-                                                    "on the same images: paired lesion-level bootstrap of A - B, and "
-                                                    "McNemar's exact test on per-image correctness.")]
+                                                    "on the same images and classes: paired group-level bootstrap of "
+                                                    "A - B, and McNemar's exact test on per-image correctness.")]
             for rep, pair, why in self.paired:
                 items.append(("h3", f"{rep.record.label} vs {self.baseline.record.label}"))
                 if pair is None:
@@ -217,7 +329,7 @@ class Report:
                     continue
                 items.append(("table:paired", paired_table(pair)))
                 mc = pair.mcnemar
-                items.append(("text", f"{pair.n_images} images, {pair.n_lesions} lesions, {pair.n_resamples} resamples. "
+                items.append(("text", f"{pair.n_images} images, {pair.n_groups} {pair.unit}, {pair.n_resamples} resamples. "
                                       f"McNemar: A right & B wrong {mc.a_only}, A wrong & B right {mc.b_only}, "
                                       f"exact p = {mc.p_value:.3g}."))
             out.append(("Paired tests against the baseline", items))
@@ -238,6 +350,10 @@ class Report:
         for rep in self.runs:
             if "conformal" in rep.tables:
                 conf_items += [("h3", rep.record.label), ("table:conformal", conformal_display(rep.tables["conformal"]))]
+                if "conformal_per_class" in rep.tables and len(rep.tables["conformal_per_class"]):
+                    conf_items.append(("table:conformal-per-class",
+                                       conformal_per_class_display(rep.tables["conformal_per_class"],
+                                                                   rep.tables["conformal"])))
                 if "conformal_subgroups" in rep.tables:
                     sub = rep.tables["conformal_subgroups"].copy()
                     for c in ("coverage", "mean_set_size"):
@@ -245,16 +361,24 @@ class Report:
                     sub["small"] = ["yes" if str(v).lower() in ("true", "1") else "" for v in sub["small"]]
                     conf_items.append(("table:conformal-subgroups", sub))
         if conf_items:
-            out.append(("Conformal prediction sets", [("text", "Split-conformal sets calibrated on val; coverage "
-                                                               "on the evaluated split.")] + conf_items))
+            out.append(("Conformal prediction sets", [("text", "Split-conformal sets calibrated on images of val that "
+                                                               "neither training nor model selection used; coverage on "
+                                                               "the evaluated split with Clopper-Pearson intervals over "
+                                                               "lesions or patients. The marginal methods (lac, aps) "
+                                                               "promise 1 - alpha coverage only on average over images, "
+                                                               "so a rare class can fall far below it, while the "
+                                                               "classwise methods fit one threshold per class and "
+                                                               "promise it for every class; a class is flagged when its "
+                                                               "whole interval lies below the target.")] + conf_items))
         sub_items: list[tuple[str, Any]] = []
         for rep in self.runs:
             if "subgroups" in rep.tables:
-                sub_items += [("h3", rep.record.label), ("table:subgroups", subgroup_display(rep.tables["subgroups"]))]
+                sub_items += [("h3", rep.record.label),
+                              ("table:subgroups", subgroup_display(rep.tables["subgroups"], rep.unit))]
                 if "subgroup_gaps" in rep.tables:
                     sub_items.append(("table:gaps", gaps_display(rep.tables["subgroup_gaps"])))
         if sub_items:
-            out.append(("Subgroups", [("text", "Metrics per metadata group with lesion-level intervals; small groups "
+            out.append(("Subgroups", [("text", "Metrics per metadata group with group-level intervals; small groups "
                                                "are shown and flagged, and left out of the worst group and gap.")]
                         + sub_items))
         fig_items: list[tuple[str, Any]] = []
@@ -271,6 +395,7 @@ class Report:
             synthetic = rep.record.tags.get("derma.synthetic") or str(rep.dataset.get("synthetic", "-")).lower()
             cfg_items += [("h3", rep.record.label),
                           ("text", f"run id {rep.record.run_id}; dataset {rep.dataset.get('name', '-')}, digest {digest}"
+                                   f", classes {describe_classes(rep.label_set) if rep.label_set else '-'}"
                                    f", synthetic {synthetic}; derma {rep.record.tags.get('derma.version', '-')}, "
                                    f"git {rep.record.tags.get('derma.git_sha') or '-'}"),
                           ("pre", rep.config_text or "(no config.yaml logged)")]
@@ -353,7 +478,8 @@ def build_report(run_ids: Sequence[str] = (), experiment: str | None = None, uri
                 continue
             try:
                 pair = paired_comparison(rep.predictions, base.predictions, (rep.record.label, base.record.label),
-                                         n_resamples, confidence, seed)
+                                         n_resamples, confidence, seed, label_sets=(rep.label_set, base.label_set),
+                                         unit=rep.unit)
                 paired.append((rep, pair, None))
             except (PairingError, ValueError) as exc:
                 paired.append((rep, None, str(exc)))

@@ -12,7 +12,8 @@ from typing import Any, Callable
 
 from . import __version__, plugins, tracking
 from .config import dump_config, get_dotted, set_dotted
-from .interfaces import Dataset, Predictions, RunContext, Split
+from .evaluation.crossdataset import CrossDataset
+from .interfaces import Dataset, EvalInput, EvalReference, Predictions, RunContext, Split
 from .reproducibility import resolve_device, seed_everything
 
 #: Param name -> the keys of the RESOLVED config it is read from (the first one set to a value
@@ -43,6 +44,7 @@ CURATED_PARAMS: dict[str, tuple[str, ...]] = {
     "answer_mode": ("answer_mode",),
     "parser": ("parser",),
     "precision": ("precision", "train.precision"),
+    "channels_last": ("train.channels_last",),
     "quantization": ("quantization",),
     "lora_r": ("lora.r",),
     "lora_alpha": ("lora.alpha",),
@@ -53,6 +55,9 @@ CURATED_PARAMS: dict[str, tuple[str, ...]] = {
 }
 
 _MISSING = object()
+
+#: The run artifact holding the run's label set (``LabelSet.to_dict()``); compare and report read it.
+LABEL_SET_ARTIFACT = "label_set.json"
 
 #: Keys that exist only in a resolved config (the runner sets them; not accepted as input).
 RESOLVED_ONLY_KEYS = ("world_size", "train.effective_batch_size")
@@ -178,12 +183,13 @@ def _plugin_version(reg: plugins.Registration) -> str | None:
     return None
 
 
-def evaluate(split: Split, predictions: Predictions, config: dict,
-             reference: Any = None) -> tuple[dict[str, float], list]:
-    """Run every selected evaluator; returns unprefixed metrics and the EvalResults.
+def evaluate(split: Split, predictions: Predictions, config: dict, dataset: Dataset,
+             reference: EvalReference | None = None) -> tuple[dict[str, float], list]:
+    """Run every selected evaluator on one :class:`~derma_core.interfaces.EvalInput`; returns
+    unprefixed metrics and the EvalResults.
 
-    ``reference`` (val split + predictions, see ``evaluation.evaluators.Reference``) goes to the
-    evaluators that declare ``uses_reference`` (calibration, conformal sets)."""
+    ``reference`` (the calibration split and its predictions) is handed only to evaluators
+    registered with ``needs_reference=True`` (calibration, conformal sets)."""
     selected = get_dotted(config, "evaluation.evaluators")
     regs = plugins.evaluators()
     if selected is not None:
@@ -195,10 +201,10 @@ def evaluate(split: Split, predictions: Predictions, config: dict,
     metrics: dict[str, float] = {}
     results = []
     for name, reg in regs.items():
-        if getattr(reg.obj, "uses_reference", False):
-            result = reg.obj(split, predictions, config, reference=reference)
-        else:
-            result = reg.obj(split, predictions, config)
+        needs = bool(reg.options.get("needs_reference", False))
+        inputs = EvalInput(split, predictions, config, dataset=dataset.descriptor,
+                           reference=reference if needs else None)
+        result = reg.obj(inputs)
         metrics.update(result.metrics)
         results.append((name, result))
     return metrics, results
@@ -261,6 +267,8 @@ def _run(
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     seed_everything(int(config["seed"]), bool(config.get("deterministic", True)))
     dataset = load_dataset(config)
+    # other datasets to evaluate on (--eval-dataset): loaded, label-mapped and leakage-checked before any work
+    cross = CrossDataset.load(config, dataset, log=None if rank == 0 else (lambda line: None))
     eval_split_name = get_dotted(config, "evaluation.split", "test")
     experiment = get_dotted(config, "tracking.experiment") or dataset.name
     run_name = get_dotted(config, "tracking.run_name")
@@ -275,6 +283,9 @@ def _run(
         tracking.TAG_PLUGIN_VERSION: _plugin_version(reg),
         tracking.TAG_DATASET: dataset.name,
         tracking.TAG_DATASET_DIGEST: dataset.digest,
+        tracking.TAG_LABEL_SET: ",".join(dataset.label_set.codes),
+        tracking.TAG_DATASET_LICENCE: dataset.descriptor.licence or None,
+        tracking.TAG_DATASET_CITATION: dataset.descriptor.citation or None,
         tracking.TAG_SYNTHETIC: str(dataset.synthetic).lower(),
         tracking.TAG_VERSION: __version__,
         tracking.TAG_GIT_SHA: tracking.git_sha(),
@@ -284,7 +295,7 @@ def _run(
     if rank != 0:
         run_id = _broadcast(None)
         return _run_body(config, reg, dataset, tracking.NullTracker(), run_id, device, work_root,
-                         eval_split_name, resume_run_id is not None, reporter, rank, world, experiment)
+                         eval_split_name, resume_run_id is not None, reporter, rank, world, experiment, cross=cross)
 
     work_dir: Path | None = None
     run_id: str | None = None
@@ -300,8 +311,11 @@ def _run(
                 on_started(run_id)
             return _run_body(config, reg, dataset, tracker, run_id, device, work_root, eval_split_name,
                              resume_run_id is not None, reporter, rank, world, experiment,
-                             rename=run_name if auto_name else None)
-    except (KeyboardInterrupt, plugins.UnknownComponentError):
+                             rename=run_name if auto_name else None, cross=cross)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the run was ended KILLED; say where it is
+        exc.run_id, exc.work_dir = run_id, work_dir  # type: ignore[attr-defined]
+        raise
+    except plugins.UnknownComponentError:
         raise
     except Exception as exc:
         if type(exc).__name__ == "TrialPruned":
@@ -312,14 +326,14 @@ def _run(
 
 def _run_body(config, reg, dataset: Dataset, tracker: tracking.Tracker, run_id: str, device: str,
               work_root: Path, eval_split_name: str, resume: bool, reporter, rank: int, world: int,
-              experiment: str, rename: str | None = None) -> RunResult:
+              experiment: str, rename: str | None = None, cross: CrossDataset | None = None) -> RunResult:
     from .data.prepare import atomic_write_text
 
     work_dir = work_root / run_id
     work_dir.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(config=config, tracker=tracker, device=device, seed=int(config["seed"]),
                      work_dir=work_dir, quiet=bool(config.get("quiet")), resume=resume,
-                     rank=rank, world_size=world, reporter=reporter)
+                     rank=rank, world_size=world, reporter=reporter, dataset=dataset.descriptor)
     classifier = reg.obj(config)
     # the values every `auto` resolves to, before anything is logged (see resolve_run_config)
     resolved = resolve_run_config(config, classifier, dataset, ctx)
@@ -335,26 +349,42 @@ def _run_body(config, reg, dataset: Dataset, tracker: tracking.Tracker, run_id: 
             tracker.set_run_name(tracking.default_run_name(str(config["plugin"]), dataset.name,
                                                            _model_id(resolved), like=rename))
         tracker.log_dict({"name": dataset.name, "digest": dataset.digest, "synthetic": dataset.synthetic,
-                          "dir": str(dataset.dir) if dataset.dir else None,
+                          "dir": str(dataset.dir) if dataset.dir else None, "facts": dataset.descriptor.facts(),
                           "manifest": dataset.manifest}, "dataset.json")
-    train, val = dataset["train"], dataset["val"]
+        tracker.log_dict(dataset.label_set.to_dict(), LABEL_SET_ARTIFACT)
+    from .data.calibration_split import ARTIFACT as CALIBRATION_SPLIT_ARTIFACT, calibration_split
+
+    # val in two: `val` (selection: what fit and a val evaluation see) and the calibration split (images no
+    # training or selection saw; calibration and conformal sets are fitted on them)
+    cal_split = calibration_split(dataset["val"], config, classifier)
+    train, val = dataset["train"], cal_split.selection
     if rank == 0:
-        for split in (train, val):
+        for split in (train, val) + ((cal_split.calibration,) if cal_split.mode == "carved" else ()):
             _log_split(tracker, dataset, split)
+        tracker.log_params(cal_split.params())
+        tracker.log_table(cal_split.table(), CALIBRATION_SPLIT_ARTIFACT)
+        if cal_split.warning:
+            print(f"derma: warning: {cal_split.warning}", file=sys.stderr)
     classifier.fit(train, val, ctx)
-    eval_split = dataset[eval_split_name]
+    eval_split = val if eval_split_name == "val" else dataset[eval_split_name]
     predictions = classifier.predict(eval_split, ctx)
+    _check_label_set(predictions, dataset, str(config["plugin"]))
     reference = None
-    from .evaluation.evaluators import Reference, wants_reference
+    from .evaluation.evaluators import calibration_warnings, wants_reference
 
     need_val = predictions.probabilities is not None and wants_reference(config, eval_split_name)
     if world > 1:  # every rank must take part in predict(val) or none
         need_val = _broadcast(need_val)
     if need_val:
-        # calibration and conformal sets are fitted on val predictions, never on the evaluated split
-        val_predictions = classifier.predict(val, ctx)
+        # calibration and conformal sets are fitted on the calibration split, never on the evaluated split
+        cal = cal_split.calibration
+        cal_predictions = classifier.predict(cal, ctx)
         if rank == 0:
-            reference = Reference(val, val_predictions.aligned_to(val))
+            _check_label_set(cal_predictions, dataset, str(config["plugin"]))
+            reference = EvalReference(cal, cal_predictions.aligned_to(cal))
+            for line in calibration_warnings(config, cal):
+                print(f"derma: warning: {line}", file=sys.stderr)
+    cross_predictions = cross.predict(classifier, ctx) if cross is not None else {}  # every rank takes part
     if rank != 0:
         return RunResult(run_id, experiment, {}, predictions, work_dir)
     predictions = predictions.aligned_to(eval_split)
@@ -362,16 +392,26 @@ def _run_body(config, reg, dataset: Dataset, tracker: tracking.Tracker, run_id: 
                                                                   encoding="utf-8")
     if eval_split_name == "test":
         _log_split(tracker, dataset, eval_split)
-    metrics, results = evaluate(eval_split, predictions, config, reference)
+    metrics, results = evaluate(eval_split, predictions, config, dataset, reference)
     if reference is not None:
-        tracker.log_table(reference.predictions.to_frame(val), "predictions_val.csv")
+        tracker.log_table(reference.predictions.to_frame(reference.split), "predictions_val.csv")
     if predictions.info:
         tracker.log_dict(_jsonable(predictions.info), f"{eval_split_name}_prediction_info.json")
     step = ctx.final_step(f"{eval_split_name}_{k}" for k in metrics)
     prefixed = log_evaluation(tracker, eval_split, predictions, metrics, results, eval_split_name, step)
+    if cross is not None:  # the other datasets: eval_<name>_* metrics (derma_core/evaluation/crossdataset.py)
+        prefixed.update(cross.evaluate(cross_predictions, tracker, step))
     if get_dotted(config, "tracking.log_model", True) and hasattr(classifier, "log_model"):
         classifier.log_model(ctx)
     return RunResult(run_id, experiment, prefixed, predictions, work_dir)
+
+
+def _check_label_set(predictions: Predictions, dataset: Dataset, plugin: str) -> None:
+    """A backend must predict over the run's dataset's classes."""
+    if not predictions.label_set.same_classes(dataset.label_set):
+        raise ValueError(f"{plugin} predicted over the classes {', '.join(predictions.label_set.codes)} but dataset "
+                         f"{dataset.name} has {', '.join(dataset.label_set.codes)}; build Predictions with "
+                         "label_set=split.label_set")
 
 
 def _model_id(resolved: dict) -> str | None:
@@ -381,11 +421,11 @@ def _model_id(resolved: dict) -> str | None:
 
 
 def split_digest(dataset: Dataset, split: Split) -> str:
-    """A short digest of one split's manifest (ids, labels, lesions) within its dataset."""
+    """A short digest of one split's manifest (ids, labels, groups) within its dataset."""
     import hashlib
 
     h = hashlib.sha256(dataset.digest.encode())
-    cols = split.frame[["id", "label", "lesion_id"]].astype(str)
+    cols = split.frame[["id", "label", "group_id"]].astype(str)
     h.update(pd_util_hash(cols))
     return h.hexdigest()[:16]
 
@@ -398,7 +438,7 @@ def pd_util_hash(frame) -> bytes:
 
 def _log_split(tracker: tracking.Tracker, dataset: Dataset, split: Split) -> None:
     """Record a split's manifest (not its images) through mlflow.data, one dataset per split."""
-    tracker.log_input(split.frame[["id", "label", "lesion_id", "image_path"]], name=f"{dataset.name}/{split.name}",
+    tracker.log_input(split.frame[["id", "label", "group_id", "image_path"]], name=f"{dataset.name}/{split.name}",
                       context=split.name, digest=split_digest(dataset, split),
                       source=str(dataset.dir) if dataset.dir else None)
 

@@ -11,47 +11,70 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .data.descriptor import DatasetDescriptor
 from .interfaces import Dataset, Predictions, RunContext, Split
-from .labels import LABELS
+from .labels import LabelSet
 from .tracking import NullTracker
 
 
+def tiny_descriptor(label_set: LabelSet | None = None, name: str = "tiny") -> DatasetDescriptor:
+    """The descriptor of a test dataset: HAM10000's facts (label set, subgroups) by default,
+    or the given label set with lesion grouping and no subgroups."""
+    from dataclasses import replace
+
+    from .data.datasets.ham10000 import DESCRIPTOR as HAM
+
+    if label_set is None:
+        return replace(HAM, name=name, title=name)
+    return DatasetDescriptor(name=name, title=name, labels=label_set)
+
+
 def make_tiny_dataset(n_train: int = 70, n_val: int = 28, n_test: int = 35, size: int = 8,
-                      name: str = "tiny", seed: int = 0, learnable: bool = False) -> Dataset:
+                      name: str = "tiny", seed: int = 0, learnable: bool = False,
+                      label_set: LabelSet | None = None) -> Dataset:
     """A small in-memory dataset with every class in every split and lesions of one or two images.
 
-    With ``learnable`` each class gets its own mean colour, so a sensible classifier beats chance.
+    Its classes are HAM10000's unless ``label_set`` is given (the commonest class is the last
+    one of HAM10000's order, ``nv``, or the first of another set). With ``learnable`` each class
+    gets its own mean colour, so a sensible classifier beats chance.
     """
+    descriptor = tiny_descriptor(label_set, name)
+    codes = descriptor.labels.codes  # type: ignore[union-attr]
+    common = "nv" if "nv" in codes else codes[0]
     rng = np.random.default_rng(seed)
     splits = {}
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
-        labels = [LABELS[i % 7] if i % 3 else "nv" for i in range(n)]
+        labels = [codes[i % len(codes)] if i % 3 else common for i in range(n)]
         lesions, current = [], None
         for i, label in enumerate(labels):
             if i % 2 == 0 or label != labels[i - 1]:
                 current = f"L_{split}_{i:04d}"
             lesions.append(current)
         frame = pd.DataFrame({"id": [f"{split}_{i:04d}" for i in range(n)], "label": labels,
-                              "lesion_id": lesions, "image_path": [f"{split}_{i:04d}.jpg" for i in range(n)]})
+                              "group_id": lesions, "image_path": [f"{split}_{i:04d}.jpg" for i in range(n)]})
         cache = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
         if learnable:
             for i, label in enumerate(labels):
-                k = LABELS.index(label)
+                k = codes.index(label)
                 colour = np.array([(37 * k) % 256, (91 * k + 40) % 256, (53 * k + 90) % 256])
                 noise = rng.normal(0, 20, size=(size, size, 3))
                 cache[i] = np.clip(colour + noise, 0, 255).astype(np.uint8)
-        splits[split] = Split(split, frame, Path("."), cache)
-    return Dataset(name, f"digest-{name}-{seed}", splits, synthetic=True)
+        splits[split] = Split(split, frame, Path("."), cache, label_set=descriptor.labels)
+    return Dataset(name, f"digest-{name}-{seed}", splits, descriptor=descriptor, synthetic=True)
 
 
-def make_context(config: dict | None = None, work_dir: str | Path | None = None, seed: int = 0) -> RunContext:
-    """A RunContext that logs nothing (NullTracker), quiet, on the CPU."""
+def make_context(config: dict | None = None, work_dir: str | Path | None = None, seed: int = 0,
+                 dataset: Dataset | DatasetDescriptor | None = None) -> RunContext:
+    """A RunContext that logs nothing (NullTracker), quiet, on the CPU; its dataset facts are
+    ``dataset``'s (HAM10000's by default)."""
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="derma-test-"))
-    return RunContext(config=config or {}, tracker=NullTracker(), device="cpu", seed=seed, work_dir=work, quiet=True)
+    facts = dataset.descriptor if isinstance(dataset, Dataset) else (dataset or tiny_descriptor())
+    return RunContext(config=config or {}, tracker=NullTracker(), device="cpu", seed=seed, work_dir=work, quiet=True,
+                      dataset=facts)
 
 
 def fit_predict(classifier, dataset: Dataset, split: str = "test", ctx: RunContext | None = None) -> Predictions:
     """``classifier.fit(train, val)`` then ``predict`` on ``split``; returns the predictions."""
-    ctx = ctx or make_context()
+    ctx = ctx or make_context(dataset=dataset)
     classifier.fit(dataset["train"], dataset["val"], ctx)
     return classifier.predict(dataset[split], ctx)

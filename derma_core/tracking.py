@@ -26,6 +26,9 @@ TAG_PLUGIN = "derma.plugin"
 TAG_PLUGIN_VERSION = "derma.plugin_version"
 TAG_DATASET = "derma.dataset"
 TAG_DATASET_DIGEST = "derma.dataset_digest"
+TAG_LABEL_SET = "derma.label_set"
+TAG_DATASET_LICENCE = "derma.dataset_licence"
+TAG_DATASET_CITATION = "derma.dataset_citation"
 TAG_SYNTHETIC = "derma.synthetic"
 TAG_VERSION = "derma.version"
 TAG_GIT_SHA = "derma.git_sha"
@@ -40,13 +43,39 @@ TAG_WORK_DIR = "derma.work_dir"
 
 _MAX_PARAM_LEN = 6000
 
+#: The experiment tag MLflow 3 reads to tell a model-training experiment from a GenAI one
+#: (values in its UI: ``custom_model_development``, ``genai_development``). derma sets it on
+#: every experiment it logs to. MLflow 3.17's UI lays the experiment page out by its sidebar's
+#: "GenAI / Model training" switch instead (the ``workflowType`` URL query, then the browser's
+#: last choice, GenAI when there is none), so the links derma prints carry :data:`UI_QUERY`.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+#: The URL query that opens MLflow's UI in its model-training layout: the runs table, not the
+#: GenAI traces overview.
+UI_QUERY = "workflowType=machine_learning"
+#: The address ``derma ui`` serves on by default.
+UI_ADDRESS = "http://127.0.0.1:5000"
+
+#: The metrics a person reads first, unprefixed, most important first: ``derma run`` prints them
+#: with their intervals, ``derma runs`` shows the first, the MLflow runs view shows them.
+HEADLINE_METRICS = ("macro_f1", "accuracy", "balanced_accuracy", "macro_auroc", "invalid_rate", "ece")
+#: Curated params (``runner.CURATED_PARAMS`` names) shown in derma's MLflow runs view.
+VIEW_PARAMS = ("plugin", "model", "weights", "epochs", "lr", "batch_size", "prompt", "answer_mode",
+               "precision", "seed")
+#: derma's saved view of the runs table in every experiment it logs to (an experiment tag, as
+#: MLflow's own "Views > Save view" stores it): the curated params and the headline test metrics
+#: instead of MLflow's default columns. Opened by ``?viewStateShareKey=derma`` (see :func:`ui_url`).
+VIEW_ID = "derma"
+VIEW_NAME = "derma: results"
+_VIEW_TAG = "mlflow.sharedViewState." + VIEW_ID
+
 #: How derma writes every CSV table (predictions, per-class, answer, trial and split tables):
 #: text fields always quoted, so a comma, quote, tab, "\r" or "\n" inside an answer stays inside
 #: its field, and "\n" between rows on every platform. :func:`read_table_csv` reads them back.
 CSV_OPTIONS = {"index": False, "quoting": csv.QUOTE_NONNUMERIC, "lineterminator": "\n"}
 #: Columns that are text whatever they hold (an answer "3" stays the string "3").
-TEXT_COLUMNS = ("id", "lesion_id", "label", "predicted", "raw_text", "image_path", "text", "answer",
-                "question_id", "class", "plugin", "run_id", "state")
+TEXT_COLUMNS = ("id", "group_id", "lesion_id", "label", "predicted", "raw_text", "image_path", "text",
+                "answer", "question_id", "class", "plugin", "run_id", "state")
 
 
 def table_csv(frame: pd.DataFrame) -> str:
@@ -80,8 +109,64 @@ def _is_local_default(uri: str) -> bool:
     return uri == default_tracking_uri()
 
 
+class StoreError(RuntimeError):
+    """The MLflow store cannot be used (read-only, unreachable); the message is one line."""
+
+
+_READY: set[str] = set()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+def _prepare_store(uri: str) -> None:
+    """Create or migrate a SQLite store once, under a file lock beside it, before any run uses
+    it: two derma processes started together on a store that does not exist yet would otherwise
+    race through MLflow's schema migrations. A store that cannot be written is one line, at once."""
+    path = sqlite_path(uri)
+    if path is None or uri in _READY:
+        return
+    import mlflow
+
+    folder = path.parent
+    fix = f"make {folder} writable, or point --tracking-uri / MLFLOW_TRACKING_URI at a writable store"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"MLflow store {path}: cannot create its folder ({exc.strerror or exc}); {fix}") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise StoreError(f"MLflow store {path} is read-only; {fix}")
+    if not os.access(folder, os.W_OK):
+        # SQLite writes a journal beside the database: a read-only folder fails on the first write
+        raise StoreError(f"MLflow store folder {folder} is read-only (SQLite needs to write its journal "
+                         f"there); {fix}")
+    try:
+        import fcntl
+
+        with open(folder / f".{path.name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                mlflow.MlflowClient(uri).search_experiments(max_results=1)  # creates / migrates the schema
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    except StoreError:
+        raise
+    except OSError as exc:
+        raise StoreError(f"MLflow store {path}: {exc.strerror or exc}; {fix}") from None
+    except Exception as exc:  # sqlalchemy / MLflow errors: a corrupt or foreign database
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(f"MLflow store {path} cannot be opened ({type(exc).__name__}: {first[:200]}); "
+                         "check that it is an MLflow database, or point --tracking-uri at another store") from None
+    _READY.add(uri)
+
+
 def configure(uri: str | None = None) -> str:
-    """Point mlflow at the store; create the local default store folder on demand."""
+    """Point mlflow at the store; create the local default store folder on demand, and create or
+    migrate a SQLite store once under a lock (see :func:`_prepare_store`)."""
     import logging
 
     import mlflow
@@ -93,13 +178,65 @@ def configure(uri: str | None = None) -> str:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     uri = resolve_tracking_uri(uri)
     if _is_local_default(uri):
-        (default_store_dir() / "artifacts").mkdir(parents=True, exist_ok=True)
+        try:
+            (default_store_dir() / "artifacts").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"MLflow store folder {default_store_dir()}: cannot create it "
+                             f"({exc.strerror or exc}); run derma from a writable folder or set "
+                             "--tracking-uri / MLFLOW_TRACKING_URI") from None
+    _prepare_store(uri)
     mlflow.set_tracking_uri(uri)
     return uri
 
 
+def artifact_root(uri: str) -> Path | None:
+    """Where the runs of a SQLite store keep their artifacts: ``artifacts/`` beside the database
+    file (``mlruns/artifacts`` for the default store), whatever the current folder; None for
+    other stores (a server chooses its own)."""
+    path = sqlite_path(uri)
+    return None if path is None else path.expanduser().resolve().parent / "artifacts"
+
+
+def runs_view() -> dict:
+    """derma's saved runs view (see :data:`VIEW_ID`) in MLflow's saved-view format:
+    ``{name, createdAt, updatedAt, state}``, ``state`` being the runs table's UI state as JSON
+    text (the columns, in this order)."""
+    import time
+
+    columns = [f"params.`{p}`" for p in VIEW_PARAMS] + [f"metrics.`test_{m}`" for m in HEADLINE_METRICS]
+    now = int(time.time() * 1000)
+    state = json.dumps({"selectedColumns": columns, "columnOrder": columns}, separators=(",", ":"))
+    return {"name": VIEW_NAME, "createdAt": now, "updatedAt": now, "state": state}
+
+
+def _is_current_view(text: str | None) -> bool:
+    try:
+        view = json.loads(text or "")
+    except ValueError:
+        return False
+    wanted = runs_view()
+    return isinstance(view, dict) and all(view.get(k) == wanted[k] for k in ("name", "state"))
+
+
+def _experiment_tags() -> dict[str, str]:
+    return {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, _VIEW_TAG: json.dumps(runs_view(), separators=(",", ":"))}
+
+
+def mark_experiment(experiment, client) -> None:
+    """Tag an existing experiment as derma tags the ones it creates: a model-training experiment
+    (unless a kind was chosen already) with derma's runs view (rewritten when it is not derma's
+    current one)."""
+    tags = dict(experiment.tags or {})
+    if not tags.get(EXPERIMENT_KIND_TAG):
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    if not _is_current_view(tags.get(_VIEW_TAG)):
+        client.set_experiment_tag(experiment.experiment_id, _VIEW_TAG, _experiment_tags()[_VIEW_TAG])
+
+
 def ensure_experiment(name: str, uri: str) -> str:
-    """Experiment id for ``name``, created (with artifacts under mlruns/artifacts locally) if new."""
+    """Experiment id for ``name``, created if new: marked as a model-training experiment with
+    derma's runs view, and on a SQLite store with its artifacts beside the database
+    (:func:`artifact_root`). An existing experiment is marked the same way."""
     import mlflow
 
     client = mlflow.MlflowClient(uri)
@@ -107,17 +244,53 @@ def ensure_experiment(name: str, uri: str) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        mark_experiment(exp, client)
         return exp.experiment_id
-    location = None
-    if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
-        location = (default_store_dir() / "artifacts").as_uri() if _is_local_default(uri) else None
+    root = artifact_root(uri)
+    location = root.as_uri() if root is not None else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=_experiment_tags())
     except Exception:  # another worker created it meanwhile
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def has_runs_view(experiment) -> bool:
+    """Whether an experiment holds derma's saved runs view (derma created or logged to it)."""
+    return _VIEW_TAG in dict(experiment.tags or {})
+
+
+def ui_url(uri: str, experiment_id: str, run_id: str | None = None, view: bool = False,
+           base: str | None = None) -> str:
+    """The MLflow UI address of an experiment's runs table (with derma's runs view when ``view``)
+    or of one run, in the model-training layout: ``<server>/#/experiments/<id>/runs[/<run>]?...``.
+    ``<server>`` is ``base``, else the tracking server itself for an http(s) store, else
+    ``derma ui``'s default address."""
+    if base is None:
+        base = uri if uri.startswith(("http://", "https://")) else UI_ADDRESS
+    base = base.rstrip("/")
+    path = f"#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    query = (f"viewStateShareKey={VIEW_ID}&" if view and not run_id else "") + UI_QUERY
+    return f"{base}/{path}?{query}"
+
+
+def ui_command(uri: str) -> str | None:
+    """The command that serves the UI for ``uri`` (None for a tracking server: it has its own).
+    (Not compared with ``MLFLOW_TRACKING_URI``: mlflow.set_tracking_uri sets it in this process.)"""
+    if uri.startswith(("http://", "https://")):
+        return None
+    return "derma ui" if _is_local_default(uri) else f"derma ui --tracking-uri {uri}"
+
+
+def local_path(uri: str) -> str:
+    """A ``file://`` artifact URI as a path; any other URI unchanged."""
+    if uri.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return unquote(urlparse(uri).path)
+    return uri
 
 
 def git_sha() -> str | None:
@@ -354,8 +527,10 @@ def start_run(
     tracker = Tracker(run_id, uri)
     try:
         yield tracker
-    except KeyboardInterrupt:
-        tracker.set_tags({TAG_ERROR: "interrupted (Ctrl-C)"})
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (lifetime.Terminated)
+        from .lifetime import interrupt_reason
+
+        tracker.set_tags({TAG_ERROR: interrupt_reason(exc)})
         client.set_terminated(run_id, status="KILLED")
         raise
     except BaseException as exc:
@@ -408,6 +583,28 @@ def list_runs(uri: str | None = None, experiment: str | None = None, status: str
                               order_by=["attributes.start_time DESC"])
 
 
+def list_experiments(uri: str | None = None) -> list:
+    """Active experiments that hold at least one run, by name (nothing is created)."""
+    import mlflow
+    from mlflow.entities import ViewType
+
+    uri = resolve_tracking_uri(uri)
+    path = sqlite_path(uri)
+    if path is not None and not path.expanduser().exists():
+        return []
+    configure(uri)
+    client = mlflow.MlflowClient(uri)
+    found = [e for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)
+             if client.search_runs([e.experiment_id], max_results=1)]
+    return sorted(found, key=lambda e: e.name)
+
+
+def get_experiment(experiment_id: str, uri: str | None = None):
+    import mlflow
+
+    return mlflow.MlflowClient(resolve_tracking_uri(uri)).get_experiment(experiment_id)
+
+
 def end_run(run_id: str, status: str, reason: str, uri: str | None = None) -> None:
     """End a run with ``status`` (e.g. KILLED) and the reason in the ``derma.error`` tag."""
     tracker = Tracker(run_id, resolve_tracking_uri(uri))
@@ -433,6 +630,62 @@ def search_runs(experiment: str, uri: str | None = None, filter_string: str = ""
     return client.search_runs([exp.experiment_id], filter_string=filter_string, order_by=["attributes.start_time DESC"])
 
 
+def find_runs(filter_string: str = "", uri: str | None = None, experiment: str | None = None) -> list:
+    """Active runs matching an MLflow filter string (e.g. ``tags."derma.cell_id" IS NOT NULL``),
+    in ``experiment`` or in every active experiment, newest first, every page of results.
+    An empty list when the store or the experiment does not exist yet (nothing is created)."""
+    import mlflow
+    from mlflow.entities import ViewType
+
+    uri = resolve_tracking_uri(uri)
+    if _is_local_default(uri) and not (default_store_dir() / "mlflow.db").exists():
+        return []
+    configure(uri)
+    client = mlflow.MlflowClient(uri)
+    if experiment is not None:
+        exp = client.get_experiment_by_name(experiment)
+        ids = [exp.experiment_id] if exp is not None and exp.lifecycle_stage == "active" else []
+    else:
+        ids, token = [], None
+        while True:
+            page = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
+            ids += [e.experiment_id for e in page]
+            token = page.token
+            if not token:
+                break
+    out: list = []
+    token = None
+    while ids:
+        page = client.search_runs(ids, filter_string=filter_string, max_results=5000, page_token=token,
+                                  order_by=["attributes.start_time DESC"])
+        out.extend(page)
+        token = page.token
+        if not token:
+            break
+    return out
+
+
+def delete_run(run_id: str, uri: str | None = None) -> None:
+    """Mark a run deleted (MLflow's soft delete: it leaves every listing, ``mlflow gc`` purges it)."""
+    import mlflow
+
+    mlflow.MlflowClient(resolve_tracking_uri(uri)).delete_run(run_id)
+
+
+def set_parent_run(run_id: str, parent_run_id: str, uri: str | None = None) -> None:
+    """Nest ``run_id`` under ``parent_run_id`` in the MLflow UI (its ``mlflow.parentRunId`` tag)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    Tracker(run_id, resolve_tracking_uri(uri)).set_tags({MLFLOW_PARENT_RUN_ID: parent_run_id})
+
+
+def parent_run_id(run: Any) -> str | None:
+    """The run a run is nested under, if any."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    return run.data.tags.get(MLFLOW_PARENT_RUN_ID)
+
+
 def load_run_table(run_id: str, artifact: str = "predictions.csv", uri: str | None = None) -> pd.DataFrame:
     """A CSV artifact of a run (the predictions table by default) as a DataFrame."""
     import mlflow
@@ -444,6 +697,29 @@ def load_run_table(run_id: str, artifact: str = "predictions.csv", uri: str | No
         except Exception as exc:
             raise LookupError(f"run {run_id} has no artifact {artifact!r}: {exc}") from None
         return read_table_csv(path)
+
+
+def load_run_dict(run_id: str, artifact: str, uri: str | None = None) -> dict | None:
+    """A JSON artifact of a run (``label_set.json``, ``dataset.json``) as a dict; None when the
+    run has no such artifact (e.g. a run logged by an older derma)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(resolve_tracking_uri(uri))
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, artifact, tmp)
+        except Exception:
+            return None
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def load_run_label_set(run_id: str, uri: str | None = None):
+    """The :class:`~derma_core.labels.LabelSet` a run was evaluated with (its ``label_set.json``);
+    None for runs logged before label sets were recorded."""
+    from .labels import LabelSet
+
+    data = load_run_dict(run_id, "label_set.json", uri)
+    return None if data is None else LabelSet.from_dict(data)
 
 
 def load_run_config(run_id: str, uri: str | None = None) -> dict:
@@ -461,14 +737,33 @@ def load_run_config(run_id: str, uri: str | None = None) -> dict:
         return yaml.safe_load(Path(path).read_text())
 
 
+#: Warnings ``mlflow ui`` prints that a user cannot act on (its own use of deprecated starlette
+#: modules), filtered in the server's processes only; PYTHONWARNINGS matches a message's start
+#: (starlette's StarletteDeprecationWarning is a UserWarning).
+_UI_WARNING_FILTERS = ("ignore:starlette.middleware.wsgi is deprecated:UserWarning",)
+
+
+def ui_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment ``derma ui`` runs ``mlflow ui`` in: the current one, plus
+    ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`` unless set (the job runner serves GenAI judges
+    and scorers derma does not use; it starts seven processes that outlive a killed server) and
+    the warning filters of :data:`_UI_WARNING_FILTERS`."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    filters = [f for f in env.get("PYTHONWARNINGS", "").split(",") if f]
+    env["PYTHONWARNINGS"] = ",".join(filters + [f for f in _UI_WARNING_FILTERS if f not in filters])
+    return env
+
+
 def serve_ui(uri: str | None, host: str, port: int, workers: int = 1) -> int:
     """Run ``mlflow ui`` on the same store (blocks until stopped)."""
     uri = configure(uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
            "--workers", str(workers)]
-    if _is_local_default(uri):
-        cmd += ["--default-artifact-root", (default_store_dir() / "artifacts").as_uri()]
+    root = artifact_root(uri)
+    if root is not None:
+        cmd += ["--default-artifact-root", root.as_uri()]
     from .lifetime import popen_kwargs
 
     # the server gets SIGTERM when derma dies, however it dies (it forwards it to its workers)
-    return subprocess.call(cmd, **popen_kwargs())
+    return subprocess.call(cmd, env=ui_environment(), **popen_kwargs())

@@ -12,7 +12,7 @@ import pytest
 import derma_core
 from derma_core import hookimpl, plugins
 from derma_core.interfaces import Dataset, Split
-from derma_core.labels import LABELS
+from derma_core.labels import LabelSet
 from derma_core.testing import make_tiny_dataset  # noqa: F401 (re-exported for tests)
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -60,6 +60,13 @@ class TinyDatasetPlugin:
     @hookimpl
     def register_datasets(self, register):
         register("tiny", lambda config: make_tiny_dataset())
+        register("tiny3", lambda config: make_tiny_dataset(name="tiny3", label_set=THREE_CLASSES, learnable=True))
+
+
+#: A label set that is not HAM10000's: three classes, a grouping with a positive group, no focus class.
+THREE_CLASSES = LabelSet(codes=("ack", "bcc", "nev"), names=("Actinic keratosis", "Basal cell carcinoma", "Nevus"),
+                         groupings={"malignancy": {"ack": "malignant", "bcc": "malignant", "nev": "benign"}},
+                         positive={"malignancy": "malignant"})
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from derma_core.answers import (
     evaluate_answer_files, normalize, parse_answers, parse_to_label, read_answers, strict_parse,
     write_answers, answer_row, question_row, write_questions)
 from derma_core.cli import cli
+from derma_core.data.datasets.ham10000 import LABEL_SET as HAM
 
 # (answer text, seed parser label, strict parser label, strict failure kind)
 TABLE = [
@@ -48,37 +49,37 @@ TABLE = [
 
 @pytest.mark.parametrize("text,seed,strict,kind", TABLE)
 def test_parsers_on_realistic_answers(text, seed, strict, kind):
-    assert parse_to_label(text) == seed
-    assert strict_parse(text) == (strict, kind)
+    assert parse_to_label(text, HAM) == seed
+    assert strict_parse(text, HAM) == (strict, kind)
 
 
 def test_seed_parser_follows_the_documented_order():
     assert normalize("Bowen's  DISEASE!") == "bowen s disease"
     # step 1 beats step 2: a whole-token code wins over an earlier alias phrase
-    assert parse_to_label("melanoma, so nv") == "nv"
+    assert parse_to_label("melanoma, so nv", HAM) == "nv"
     # step 2 order: alias list order, not position in the text
-    assert parse_to_label("nevus next to a dermatofibroma") == "df"
+    assert parse_to_label("nevus next to a dermatofibroma", HAM) == "df"
     # step 3: raw substring of a code, in label order
-    assert parse_to_label("bccx bklx") == "bcc"
+    assert parse_to_label("bccx bklx", HAM) == "bcc"
 
 
 def test_parse_answers_counts_failure_kinds():
     texts = [t for t, *_ in TABLE]
-    strict = parse_answers(texts, "strict")
+    strict = parse_answers(texts, "strict", label_set=HAM)
     assert strict.failures == {"multiple_labels": 3, "no_label": 5, "empty": 3}
     assert strict.n_invalid == 11
-    seed = parse_answers(texts, "seed")
+    seed = parse_answers(texts, "seed", label_set=HAM)
     assert seed.n_invalid == sum(1 for _, s, *_ in TABLE if s is None)
     assert seed.failures["multiple_labels"] == 3  # resolved silently, but reported
     with pytest.raises(ValueError, match="parser"):
-        parse_answers(texts, "fuzzy")
+        parse_answers(texts, "fuzzy", label_set=HAM)
 
 
 def _fixture_files(tmp_path):
     q = tmp_path / "questions.jsonl"
     a = tmp_path / "answers.jsonl"
     prompt = "Classify this skin lesion."
-    rows = [question_row(f"ISIC_{i:07d}", f"ISIC_{i:07d}.jpg", prompt, label)
+    rows = [question_row(f"ISIC_{i:07d}", f"ISIC_{i:07d}.jpg", prompt, label, label_set=HAM)
             for i, label in enumerate(["mel", "nv", "bkl", "nv", "bcc", "vasc"])]
     write_questions(q, rows)
     answers = [answer_row("ISIC_0000000", prompt, "The skin lesion is classified as a melanoma.", "m"),
@@ -98,12 +99,12 @@ def test_answer_files_roundtrip_and_problems(tmp_path):
     read = read_answers(a)
     assert [n for n, _ in read.problems] == [3, 5]
     assert "not valid JSON" in read.problems[0][1] and "text" in read.problems[1][1]
-    ev = evaluate_answer_files(q, a, "strict")
+    ev = evaluate_answer_files(q, a, "strict", label_set=HAM)
     assert ev.missing == ["ISIC_0000003", "ISIC_0000005"]
     assert ev.extra == ["ISIC_9999999"]
     assert ev.predictions.labels == ["mel", "nv", None, None, None, None]
     assert ev.predictions.info["failures"] == {"empty": 2, "no_label": 1, "multiple_labels": 1}
-    seed = evaluate_answer_files(q, a, "seed")
+    seed = evaluate_answer_files(q, a, "seed", label_set=HAM)
     assert seed.predictions.labels == ["mel", "nv", "akiec", None, None, None]
 
 

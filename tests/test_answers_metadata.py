@@ -1,5 +1,5 @@
-"""`derma eval-answers --metadata`: lesion ids and metadata attached by image id; ids missing
-from the metadata reported, not dropped."""
+"""`derma eval-answers --metadata` / `--prepared`: groups (lesion ids) and metadata attached by
+image id; ids missing from the metadata reported, not dropped; the label set is the dataset's."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from derma_core.answers import (AnswerFileError, answer_row, attach_metadata, evaluate_answer_files, question_row,
                                 write_answers, write_questions)
 from derma_core.cli import cli
+from derma_core.data.datasets.ham10000 import LABEL_SET as HAM
 
 META = """lesion_id,image_id,dx,dx_type,age,sex,localization
 HAM_1,ISIC_0000001,nv,follow_up,45.0,male,back
@@ -22,8 +23,9 @@ HAM_3,ISIC_0000004,bkl,histo,,female,lower extremity
 """
 
 
-def _files(tmp_path, ids_labels, texts):
-    q = write_questions(tmp_path / "q.jsonl", [question_row(str(k), f"{i}.jpg", "What is it?", lab)
+def _files(tmp_path, ids_labels, texts, label_set=HAM):
+    q = write_questions(tmp_path / "q.jsonl", [question_row(str(k), f"{i}.jpg", "What is it?", lab,
+                                                            label_set=label_set)
                                                 for k, (i, lab) in enumerate(ids_labels)])
     a = write_answers(tmp_path / "a.jsonl", [answer_row(str(k), "What is it?", t, "m")
                                               for k, t in enumerate(texts)])
@@ -36,10 +38,11 @@ def test_attach_metadata_by_image_id_keeps_unknown_ids(tmp_path):
     pairs = [("ISIC_0000001", "nv"), ("ISIC_0000002", "nv"), ("ISIC_0000003", "mel"), ("ISIC_0000009", "bcc"),
              ("ISIC_0000004", "df")]
     q, a = _files(tmp_path, pairs, ["nv", "nv", "melanoma", "bcc", "df"])
-    ev = evaluate_answer_files(q, a)
+    ev = evaluate_answer_files(q, a, label_set=HAM)
     split, join = attach_metadata(ev.split, meta)
     assert len(split) == 5  # nothing dropped
-    assert split.frame["lesion_id"].tolist() == ["HAM_1", "HAM_1", "HAM_2", "3", "HAM_3"]
+    assert split.label_set == HAM
+    assert split.frame["group_id"].tolist() == ["HAM_1", "HAM_1", "HAM_2", "3", "HAM_3"]
     assert split.frame["sex"].tolist() == ["male", "male", "female", "", "female"]
     assert split.frame["age"].tolist() == ["45.0", "45.0", "70.0", "", ""]
     assert join.matched == 4 and join.missing == ["ISIC_0000009"]
@@ -49,7 +52,7 @@ def test_attach_metadata_by_image_id_keeps_unknown_ids(tmp_path):
 
 def test_bad_metadata_file_is_one_clear_line(tmp_path):
     q, a = _files(tmp_path, [("ISIC_0000001", "nv")], ["nv"])
-    ev = evaluate_answer_files(q, a)
+    ev = evaluate_answer_files(q, a, label_set=HAM)
     bad = tmp_path / "bad.csv"
     bad.write_text("foo,bar\n1,2\n")
     with pytest.raises(AnswerFileError, match="image_id and lesion_id"):
@@ -81,7 +84,7 @@ def test_eval_answers_with_real_ham10000_metadata(tmp_path, mlflow_store, shared
     assert m["n_metadata_missing"] == 1
     assert "test_subgroup_sex_male_macro_f1" in m and "test_subgroup_localization_gap_accuracy" in m
     preds = pd.read_csv(client.download_artifacts(run.info.run_id, "predictions.csv", str(tmp_path)), dtype=str)
-    assert preds["lesion_id"].nunique() == rows["lesion_id"].nunique() + 1 < len(preds)
+    assert preds["group_id"].nunique() == rows["lesion_id"].nunique() + 1 < len(preds)
     with open(client.download_artifacts(run.info.run_id, "answers_report.json", str(tmp_path))) as fh:
         report = json.load(fh)
     assert report["metadata_missing"] == ["ISIC_9999999"] and report["metadata_matched"] == 120

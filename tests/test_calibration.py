@@ -11,16 +11,20 @@ from sklearn.calibration import calibration_curve
 from derma_core.cli import cli
 from derma_core.config import resolve_config
 from derma_core.evaluation import calibration
-from derma_core.evaluation.evaluators import EVALUATORS, Reference, wants_reference
-from derma_core.interfaces import Predictions, Split
-from derma_core.labels import LABELS
+from derma_core.data.datasets.ham10000 import LABEL_SET as HAM
+from derma_core.evaluation.evaluators import EVALUATORS, wants_reference
+from derma_core.interfaces import EvalInput, EvalReference, Predictions, Split
+from derma_core.testing import tiny_descriptor
+
+LABELS = HAM.codes
+K = len(LABELS)
 
 
 def _overconfident(rng, n, sharpen=2.0):
     """Labels drawn from softmax(z); the model reports softmax(sharpen * z): true temperature = sharpen."""
-    z = rng.normal(0, 1.5, size=(n, 7))
+    z = rng.normal(0, 1.5, size=(n, K))
     true_p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
-    y = (rng.random(n)[:, None] > np.cumsum(true_p, axis=1)).sum(axis=1).clip(0, 6)
+    y = (rng.random(n)[:, None] > np.cumsum(true_p, axis=1)).sum(axis=1).clip(0, K - 1)
     reported = np.exp(sharpen * z) / np.exp(sharpen * z).sum(1, keepdims=True)
     return reported, y
 
@@ -44,7 +48,7 @@ def test_vector_scaling_fits_per_class_weights():
     rng = np.random.default_rng(1)
     p_val, y_val = _overconfident(rng, 5000)
     scaler = calibration.fit_scaler(y_val, p_val, "vector")
-    assert scaler.weights.shape == (7,) and scaler.bias.shape == (7,)
+    assert scaler.weights.shape == (K,) and scaler.bias.shape == (K,)
     np.testing.assert_allclose(scaler.weights, 0.5, atol=0.08)  # = 1 / T for every class here
     assert calibration.nll(y_val, scaler.apply(p_val)) < calibration.nll(y_val, p_val)
     with pytest.raises(ValueError, match="temperature or vector"):
@@ -55,7 +59,7 @@ def test_classwise_ece_matches_sklearn_binning():
     rng = np.random.default_rng(2)
     p, y = _overconfident(rng, 800)
     expected = []
-    for c in range(7):
+    for c in range(K):
         pos = (y == c).astype(int)
         frac, mean = calibration_curve(pos, p[:, c], n_bins=15, strategy="uniform")
         edges = np.linspace(0, 1, 16)
@@ -67,8 +71,14 @@ def test_classwise_ece_matches_sklearn_binning():
 
 def _split_and_preds(name, p, y):
     ids = [f"{name}{i}" for i in range(len(y))]
-    frame = pd.DataFrame({"id": ids, "label": [LABELS[i] for i in y], "lesion_id": ids, "image_path": "x.jpg"})
-    return Split(name, frame, "."), Predictions(ids, [LABELS[i] for i in p.argmax(1)], p)
+    frame = pd.DataFrame({"id": ids, "label": [LABELS[i] for i in y], "group_id": ids, "image_path": "x.jpg"})
+    return (Split(name, frame, ".", label_set=HAM),
+            Predictions(ids, [LABELS[i] for i in p.argmax(1)], p, label_set=HAM))
+
+
+def _calibrate(split, preds, config, reference=None):
+    inputs = EvalInput(split, preds, config, dataset=tiny_descriptor(), reference=reference)
+    return EVALUATORS["calibration"].evaluator(inputs)
 
 
 def test_the_evaluated_split_never_enters_the_fit():
@@ -78,16 +88,16 @@ def test_the_evaluated_split_never_enters_the_fit():
     test, pt = _split_and_preds("test", p_test, y_test)
     shuffled, _ = _split_and_preds("test", p_test, rng.permutation(y_test))
     config = resolve_config(None)
-    a = EVALUATORS["calibration"](test, pt, config, reference=Reference(val, pv))
-    b = EVALUATORS["calibration"](shuffled, pt, config, reference=Reference(val, pv))
+    a = _calibrate(test, pt, config, EvalReference(val, pv))
+    b = _calibrate(shuffled, pt, config, EvalReference(val, pv))
     assert a.params["calibration_temperature"] == b.params["calibration_temperature"]  # test labels unused
     assert a.params["calibration_temperature"] == pytest.approx(2.0, abs=0.3)
     assert a.metrics["calibrated_ece"] < a.metrics["classwise_ece"] * 10  # present and finite
     assert "calibrated_reliability_diagram" in a.figures and "calibrated_reliability" in a.tables
     val2, pv2 = _split_and_preds("val", *_overconfident(rng, 1500, sharpen=1.0))
-    c = EVALUATORS["calibration"](test, pt, config, reference=Reference(val2, pv2))
+    c = _calibrate(test, pt, config, EvalReference(val2, pv2))
     assert c.params["calibration_temperature"] == pytest.approx(1.0, abs=0.2)  # the val data drive it
-    none = EVALUATORS["calibration"](test, pt, config)  # no val predictions: before-metrics only
+    none = _calibrate(test, pt, config)  # no val predictions: before-metrics only
     assert "calibrated_ece" not in none.metrics and "classwise_ece" in none.metrics
 
 

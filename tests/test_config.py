@@ -96,3 +96,28 @@ def test_an_override_does_not_change_the_schema(config_dir):
     """-o train.lr=1 (an int for a float key) must not make a later float override invalid."""
     config = resolve_config("demo", None, ["train.lr=1", "train.lr=0.5"])
     assert config["train"]["lr"] == 0.5
+
+
+@pytest.mark.parametrize("text, line, key", [
+    ("train:\n  epochs: 3\nmodel:\n  dropout: 0.1\ntrain:\n  lr: 0.1\n", 5, "train"),  # a section twice
+    ("train:\n  epochs: 3\n  epochs: 4\n", 3, "epochs"),  # a nested key twice
+    ("seed: 1\nseed: 2\n", 2, "seed"),
+])
+def test_duplicate_yaml_keys_are_refused_with_file_line_and_key(tmp_path, text, line, key):
+    from derma_core.config import ConfigError, load_yaml
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_yaml(path)
+    message = str(info.value)
+    assert str(path) in message and f"line {line}" in message and repr(key) in message
+    assert "\n" not in message
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path):
+    from derma_core.config import load_yaml
+
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &b {epochs: 2}\ntrain:\n  <<: *b\n  lr: 0.1\n")
+    assert load_yaml(path)["train"] == {"epochs": 2, "lr": 0.1}

@@ -21,8 +21,10 @@ from derma_core.data.raw import PrepError
 from derma_core.data import resize as resizemod
 from derma_core.data.resize import PAD_COLOUR, load_resized, resampler, resize_image
 from derma_core.data.splits import SPLITS
+from derma_core.data.datasets.ham10000 import LABEL_SET
 from derma_core.data.synthetic import generate
-from derma_core.labels import LABELS
+
+LABELS = LABEL_SET.codes
 
 
 def shared_data() -> Path:
@@ -66,15 +68,22 @@ def test_prepare_outputs(synth_raw, tmp_path):
         assert split.cache.shape[1:] == (32, 32, 3) and split.cache.dtype == np.uint8
         assert isinstance(split.cache, np.memmap)
         assert set(split.labels) == set(LABELS), s  # every class in every split
-        assert list(split.frame.columns[:4]) == ["id", "label", "lesion_id", "image_path"]
-        assert {"dx_type", "age", "sex", "localization"} <= set(split.frame.columns)
+        assert list(split.frame.columns[:4]) == ["id", "label", "group_id", "image_path"]
+        assert {"lesion_id", "dx_type", "age", "sex", "localization"} <= set(split.frame.columns)
+        assert (split.frame["group_id"] == split.frame["lesion_id"]).all()  # HAM10000 groups by lesion
+        assert split.label_set == LABEL_SET
         # the cache row is the resized image written to images/
         on_disk = np.asarray(Image.open(split.image_path(0)), dtype=np.int16)
         assert np.abs(on_disk - split.cache[0]).mean() < 4  # JPEG q95 of the same pixels
         assert manifest["counts"][s]["images"] == len(split)
-    lesions = [set(ds[s].lesion_ids) for s in SPLITS]
+    lesions = [set(ds[s].group_ids) for s in SPLITS]
     assert not (lesions[0] & lesions[1] or lesions[0] & lesions[2] or lesions[1] & lesions[2])
     assert ds.digest == manifest["digest"] and len(ds.digest) == 64
+    # the dataset's facts travel with the folder; a generated raw folder is marked synthetic
+    assert manifest["dataset"]["name"] == "ham10000" and manifest["dataset"]["labels"]["codes"] == list(LABELS)
+    assert manifest["dataset"]["grouping"] == "lesion" and manifest["version"] == prepmod.PREP_VERSION
+    assert manifest["synthetic"] is True and ds.synthetic is True and manifest["name"] == "ham10000"
+    assert ds.descriptor.name == "ham10000" and ds.label_set == LABEL_SET and ds.descriptor.reader is not None
 
 
 def test_rerun_is_a_no_op_and_size_change_rebuilds(synth_raw, tmp_path):
@@ -230,7 +239,7 @@ def test_problems_reported_one_line_each(raw_copy, tmp_path):
      "appears 2 times with different values"),
     (lambda m: m.assign(lesion_id=m["lesion_id"].where(m.index != 1, m["lesion_id"][0]),
                         dx=m["dx"].where(m.index != 1, "vasc" if m["dx"][0] != "vasc" else "nv")),
-     "lesion_two_labels", "one lesion carries 2 labels"),
+     "group_two_labels", "one lesion carries 2 labels"),
     (lambda m: m.drop(columns=["dx"]), "missing_column", "required column 'dx' is missing"),
 ])
 def test_fatal_problems_stop_preparation(raw_copy, tmp_path, edit, code, needle):
@@ -272,12 +281,12 @@ def test_folds_are_written_and_loadable(synth_raw, tmp_path):
     prepare(synth_raw, out, PrepParams(size=16, split="grouped", folds=3), workers=1, **QUIET)
     folds = pd.read_csv(out / "splits" / "folds.csv")
     assert sorted(folds["fold"].unique()) == [0, 1, 2]
-    assert folds.groupby("lesion_id")["fold"].nunique().max() == 1
+    assert folds.groupby("group_id")["fold"].nunique().max() == 1
     base = load_prepared(out)
     for k in range(3):
         ds = load_prepared(out, fold=k)
         assert len(ds["train"]) + len(ds["val"]) == len(base["train"]) + len(base["val"])
-        assert not set(ds["train"].lesion_ids) & set(ds["val"].lesion_ids)
+        assert not set(ds["train"].group_ids) & set(ds["val"].group_ids)
         assert ds["test"].ids == base["test"].ids
         i = ds["val"].ids[0]
         src = base["train"] if i in base["train"].ids else base["val"]

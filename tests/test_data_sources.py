@@ -1,5 +1,5 @@
 """Dataset sources through the hook: registration, ham10000 (prepared folder), DermaMNIST .npz,
-image folder + label CSV; and VQA exports."""
+image folder + label CSV (labels from the CSV); and VQA exports."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from click.testing import CliRunner
 from derma_core import plugins
 from derma_core.data.prepare import PrepParams, prepare
 from derma_core.data.synthetic import generate
+from derma_core.data.datasets.ham10000 import LABEL_SET
 from derma_core.data.vqa import TEMPLATE_ID
-from derma_core.labels import LABELS
 from derma_core.prompts import SEED_PROMPTS
+
+LABELS = LABEL_SET.codes
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +31,20 @@ def prepared(tmp_path_factory):
 
 
 def test_sources_registered():
-    assert {"synthetic", "ham10000", "dermamnist", "folder"} <= set(plugins.datasets())
+    from derma_core.data.datasets import builtin_descriptors
+    from derma_core.data.descriptor import DatasetDescriptor
+
+    registered = plugins.datasets()
+    assert {"synthetic", "ham10000", "dermamnist", "folder"} <= set(registered)
+    for descriptor in builtin_descriptors():  # every built-in descriptor, under its own name
+        assert registered[descriptor.name].obj is descriptor
+    assert all(isinstance(registered[n].obj, DatasetDescriptor) for n in ("synthetic", "dermamnist", "folder"))
 
 
 def test_ham10000_source_reads_prepared_folder(prepared):
     ds = plugins.get_dataset_source("ham10000").obj({"data": {"dir": str(prepared / "prep")}})
-    assert ds.name == "ham10000" and ds.synthetic is False  # prep's default name; this set's manifest says so
+    assert ds.name == "ham10000" and ds.synthetic is True  # prep's default name; the raw folder's marker
+    assert ds.descriptor.name == "ham10000" and ds.label_set == LABEL_SET
     assert ds.dir == prepared / "prep" and ds.manifest["params"]["size"] == 16
     assert ds["train"].load_image(0).size == (16, 16)
     with pytest.raises(ValueError, match="data.dir"):
@@ -61,6 +71,8 @@ def test_dermamnist_source(tmp_path):
     assert ds.name == "dermamnist-64" and len(ds["train"]) == 30 and len(ds["test"]) == 10
     np.testing.assert_array_equal(ds["val"].cache, arrays["val_images"])
     assert ds["test"].labels == [LABELS[k] for k in arrays["test_labels"][:, 0]]
+    assert ds.descriptor.name == "dermamnist" and ds.label_set == LABEL_SET and ds.descriptor.grouping is None
+    assert ds["test"].group_ids.tolist() == ds["test"].ids  # image-level: each image its own group
     assert np.asarray(ds["train"].load_image(3)).shape == (64, 64, 3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -89,12 +101,15 @@ def test_folder_source(prepared, tmp_path):
     ds = plugins.get_dataset_source("folder").obj(config)
     assert ds.name == "folder-labels" and sum(len(s) for s in ds.splits.values()) == 170
     assert all(set(ds[s].labels) == set(LABELS) for s in ("train", "val", "test"))
+    # without a spec, the label set is the CSV's distinct labels, sorted; grouped by its lesion_id
+    assert ds.label_set.codes == tuple(sorted(LABELS)) and ds.descriptor.grouping == "lesion"
+    assert (ds["train"].frame["group_id"] == ds["train"].frame["lesion_id"]).all()
     again = plugins.get_dataset_source("folder").obj(config)
     assert again.digest == ds.digest
-    # an unknown label is refused with the row named
-    pd.DataFrame(rows[:5] + [{"image": rows[5]["image"], "label": "scc", "lesion_id": "x"}]).to_csv(csv, index=False)
-    with pytest.raises(Exception, match=r"labels.csv line 7 .*unknown label 'scc'"):
-        plugins.get_dataset_source("folder").obj(config)
+    # a label CSV with other classes is a dataset of those classes
+    pd.DataFrame([dict(r, label="scc" if int(r["lesion_id"][-1]) % 2 else "ak") for r in rows]).to_csv(csv, index=False)
+    other = plugins.get_dataset_source("folder").obj(config)
+    assert other.label_set.codes == ("ak", "scc") and other.digest != ds.digest
 
 
 def test_vqa_question_file_exact_format(prepared):
@@ -108,7 +123,7 @@ def test_vqa_question_file_exact_format(prepared):
     assert len(lines) == len(test)
     first = test.iloc[0]
     expected = (f'{{"question_id": "{first.id}", "image": "{first.id}.jpg", "text": "{SEED_PROMPTS["p1"]}", '
-                f'"answer": "{first.label}", "answer_id": {LABELS.index(first.label)}, "template_id": "{TEMPLATE_ID}"}}')
+                f'"answer": "{first.label}", "answer_id": {LABEL_SET.index(first.label)}, "template_id": "{TEMPLATE_ID}"}}')
     assert lines[0] == expected
     p2 = CliRunner().invoke(cli, ["vqa", "--prepared", str(prepared / "prep"), "--prompt", "p2", "--split", "all"])
     assert p2.exit_code == 0

@@ -1,5 +1,6 @@
 """The built-in synthetic dataset: HAM10000's raw layout, proportions, lesion structure,
-determinism, learnability, and the `synthetic` source's generate-once cache."""
+determinism, learnability, the `synthetic` source's generate-once cache; the generic generator's
+class counts and per-class looks for any number of classes."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from derma_core import plugins
 from derma_core.data import prepare as prepare_module
 from derma_core.data import synthetic
 from derma_core.data.prepare import PrepParams, load_prepared, prepare
+from derma_core.data.datasets import ham10000
 from derma_core.data.splits import SPLITS
-from derma_core.labels import LABELS
+
+LABELS = ham10000.LABEL_SET.codes
 
 
 @pytest.fixture(scope="module")
@@ -38,22 +41,25 @@ def test_raw_layout_and_metadata(raw):
     counts = meta["dx"].value_counts()
     assert counts.min() >= 12
     free = [c for c in LABELS if counts[c] > 12]
-    share = sum(synthetic.HAM10000_COUNTS[c] for c in free)
+    share = sum(ham10000.CLASS_COUNTS[c] for c in free)
     for label in free:  # classes above the minimum keep HAM10000's proportions among themselves
-        expected = counts[free].sum() * synthetic.HAM10000_COUNTS[label] / share
+        expected = counts[free].sum() * ham10000.CLASS_COUNTS[label] / share
         assert abs(counts[label] - expected) <= 1, (label, counts[label], expected)
     assert counts["nv"] / len(meta) > 0.6  # nv dominates as in HAM10000 (67 %)
     assert set(meta["sex"]) <= {"male", "female", "unknown"}
     assert "README.txt" in {p.name for p in raw.iterdir()}
+    assert synthetic.read_marker(raw)["dataset"] == "ham10000"  # marked: derma prep records synthetic: true
 
 
 def test_class_counts_sum_and_minimum():
     for n in (168, 500, 1500, 10015):
-        counts = synthetic.class_counts(n)
+        counts = synthetic.class_counts(n, ham10000.CLASS_COUNTS)
         assert sum(counts.values()) == n and min(counts.values()) >= 12
-    assert synthetic.class_counts(10015) == synthetic.HAM10000_COUNTS
-    with pytest.raises(ValueError, match="too small"):
-        synthetic.class_counts(50)
+    assert synthetic.class_counts(10015, ham10000.CLASS_COUNTS) == ham10000.CLASS_COUNTS
+    with pytest.raises(ValueError, match="too small for 7 classes; use at least 168"):
+        synthetic.class_counts(50, ham10000.CLASS_COUNTS)
+    many = synthetic.class_counts(3000, {f"c{k}": 1 + k for k in range(114)}, min_per_class=12)
+    assert sum(many.values()) == 3000 and min(many.values()) == 12 and list(many) == [f"c{k}" for k in range(114)]
 
 
 def test_deterministic(tmp_path):
@@ -62,9 +68,26 @@ def test_deterministic(tmp_path):
     pd.testing.assert_frame_equal(a, b)
     assert not a.equals(synthetic.build_metadata(200, 6))
     row = a.iloc[0]
-    x = np.asarray(synthetic.draw_lesion(row.draw_as, int(row.lesion_seed), int(row.image_seed)))
-    y = np.asarray(synthetic.draw_lesion(row.draw_as, int(row.lesion_seed), int(row.image_seed)))
+    style = ham10000.SYNTH_STYLES[row.draw_as]
+    x = np.asarray(synthetic.draw_lesion(style, int(row.lesion_seed), int(row.image_seed)))
+    y = np.asarray(synthetic.draw_lesion(style, int(row.lesion_seed), int(row.image_seed)))
     np.testing.assert_array_equal(x, y)
+    assert (a["lesion_id"] == a["group_id"]).all() and a["skin_type"].isin(list("123456")).all()
+
+
+@pytest.mark.parametrize("count", [2, 6, 114])
+def test_every_class_gets_its_own_look(count):
+    """Generic styles: distinct for any number of classes (colour, size, border, blur, texture)."""
+    styles = [synthetic.generic_style(k, count) for k in range(count)]
+    keys = {(s["rgb"], round(s["radius"], 3), round(s["irregular"], 3), s["blur"], s["texture"]) for s in styles}
+    assert len(keys) == count
+    assert {s["texture"] for s in styles} <= set(synthetic.TEXTURES)
+    colours = np.array([s["rgb"] for s in styles], dtype=float)
+    nearest = min(np.abs(colours[i] - colours[j]).sum() for i in range(count) for j in range(i + 1, count))
+    assert nearest > (20 if count <= 6 else 0)  # few classes: clearly different colours
+    for modality in ("dermoscopic", "clinical"):
+        img = synthetic.draw_lesion(styles[-1], 1, 2, modality, skin_type=5)
+        assert img.size == (synthetic.WIDTH, synthetic.HEIGHT) and img.mode == "RGB"
 
 
 def _features(split):

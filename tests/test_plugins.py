@@ -40,7 +40,7 @@ def _good_module():
             pass
 
         def predict(self, split, ctx):
-            return Predictions(ids=split.ids, labels=split.labels)
+            return Predictions(ids=split.ids, labels=split.labels, label_set=split.label_set)
 
     @hookimpl
     def register_classifiers(register):

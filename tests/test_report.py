@@ -1,5 +1,6 @@
-"""`derma report`: two real runs (with metadata) into a temporary MLflow store, the report read
-back from it, and the HTML rendered in headless Chromium (skipped when it is absent)."""
+"""`derma report`: real runs (with metadata; two on HAM10000's classes, one on three other
+classes) into a temporary MLflow store, the report read back from it, and the HTML rendered in
+headless Chromium (skipped when it is absent)."""
 
 import re
 import shutil
@@ -15,14 +16,19 @@ from click.testing import CliRunner
 from derma_core import hookimpl, plugins
 from derma_core.cli import cli
 from derma_core.interfaces import Predictions
-from derma_core.labels import LABELS
+from derma_core.labels import LabelSet
 from derma_core.testing import make_tiny_dataset
+
+#: Not HAM10000's classes: three codes (one shared with HAM10000, bcc) and a malignancy grouping.
+THREE_CLASSES = LabelSet(codes=("ack", "bcc", "nev"), names=("Actinic keratosis", "Basal cell carcinoma", "Nevus"),
+                         groupings={"malignancy": {"ack": "malignant", "bcc": "malignant", "nev": "benign"}},
+                         positive={"malignancy": "malignant"})
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
 
-def _tiny_with_metadata(config):
-    ds = make_tiny_dataset(n_train=70, n_val=56, n_test=70, learnable=True)
+def _tiny_with_metadata(config, label_set=None):
+    ds = make_tiny_dataset(n_train=70, n_val=56, n_test=70, learnable=True, label_set=label_set)
     for split in ds.splits.values():
         n = len(split)
         split.frame["sex"] = np.where(np.arange(n) % 3 == 0, "female", "male")
@@ -44,20 +50,22 @@ class Centroid:
 
     def fit(self, train, val, ctx):
         x = self._x(train)
-        self.means = np.stack([x[train.y == c].mean(axis=0) for c in range(7)])
+        self.means = np.stack([x[train.y == c].mean(axis=0) for c in range(len(train.label_set))])
 
     def predict(self, split, ctx):
         d = ((self._x(split)[:, None, :] - self.means[None]) ** 2).sum(-1)
         z = -d * 40
         p = np.exp(z - z.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
-        return Predictions(split.ids, [LABELS[i] for i in p.argmax(1)], p)
+        codes = split.label_set.codes
+        return Predictions(split.ids, [codes[i] for i in p.argmax(1)], p, label_set=split.label_set)
 
 
 class ReportPlugin:
     @hookimpl
     def register_datasets(self, register):
         register("tiny_meta", _tiny_with_metadata)
+        register("tiny3_meta", lambda config: _tiny_with_metadata(config, THREE_CLASSES))
 
     @hookimpl
     def register_classifiers(self, register):
@@ -74,23 +82,26 @@ def report_plugin():
 
 
 @pytest.fixture
-def two_runs(mlflow_store, report_plugin):
+def three_runs(mlflow_store, report_plugin):
     ids = []
-    for plugin in ("prior", "centroid"):
-        result = CliRunner().invoke(cli, ["run", "--plugin", plugin, "--dataset", "tiny_meta", "--tracking-uri",
+    for plugin, dataset in (("prior", "tiny_meta"), ("centroid", "tiny_meta"), ("centroid", "tiny3_meta")):
+        result = CliRunner().invoke(cli, ["run", "--plugin", plugin, "--dataset", dataset, "--tracking-uri",
                                           mlflow_store, "--quiet", "-o", "evaluation.bootstrap=50",
-                                          "-o", "evaluation.subgroups.min_count=10", "-o", "tracking.log_model=false"])
+                                          "-o", "evaluation.subgroups.min_count=10", "-o", "tracking.log_model=false",
+                                          "-o", "tracking.experiment=tiny"])
         assert result.exit_code == 0, result.output
         ids.append(re.search(r"MLflow run id: (\w+)", result.output).group(1))
     return mlflow_store, ids
 
 
-def test_runs_log_everything_and_the_report_renders_offline(two_runs, tmp_path):
-    uri, (prior_id, centroid_id) = two_runs
+def test_runs_log_everything_and_the_report_renders_offline(three_runs, tmp_path):
+    uri, (prior_id, centroid_id, three_id) = three_runs
     run = mlflow.MlflowClient(uri).get_run(centroid_id)
     m, params = run.data.metrics, run.data.params
     for key in ("test_subgroup_sex_female_macro_f1", "test_subgroup_sex_female_macro_f1_ci_low",
                 "test_subgroup_sex_gap_macro_f1", "test_subgroup_age_45_59_n", "test_calibrated_ece",
+                "test_malignancy_sensitivity", "test_malignancy_sensitivity_ci_low", "test_malignancy_auroc",
+                "test_mel_sensitivity_at_spec80", "test_subgroup_sex_male_malignancy_sensitivity",
                 "test_classwise_ece", "test_calibrated_brier", "test_conformal_lac_coverage",
                 "test_conformal_aps_coverage", "test_conformal_lac_coverage_sex_male", "test_selective_aurc",
                 "test_selective_accuracy_refer10"):
@@ -100,6 +111,9 @@ def test_runs_log_everything_and_the_report_renders_offline(two_runs, tmp_path):
     artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(centroid_id, "tables")}
     assert {"tables/test_subgroups.csv", "tables/test_subgroup_gaps.csv", "tables/test_conformal.csv"} <= artifacts
     assert "predictions_val.csv" in {a.path for a in mlflow.MlflowClient(uri).list_artifacts(centroid_id)}
+    three = mlflow.MlflowClient(uri).get_run(three_id).data.metrics
+    assert "test_f1_ack" in three and "test_malignancy_sensitivity" in three
+    assert not any(k.endswith("_sensitivity_at_spec80") and not k.startswith("test_malignancy") for k in three)
 
     # -- the report, read back from the store (one test: the two runs cost seconds each)
     out = tmp_path / "out" / "report.html"
@@ -118,6 +132,12 @@ def test_runs_log_everything_and_the_report_renders_offline(two_runs, tmp_path):
     assert run.data.tags["derma.dataset_digest"] in text
     assert (out.parent / "report_files").is_dir() and "](report_files/" in md
     assert "vs" in md and "McNemar" in md  # the paired test against the baseline
+    # each run with its own classes: one per-class table per label set, no paired test across them
+    assert "### akiec, bcc, bkl, df, mel, nv, vasc (7 classes)" in md
+    assert "### ack, bcc, nev (3 classes)" in md
+    assert "paired tests need runs over the same classes" in md
+    f1_ack = mlflow.MlflowClient(uri).get_run(three_id).data.metrics["test_f1_ack"]
+    assert f"| ack | Actinic keratosis |" in md and f"{f1_ack:.3f}" in md
 
     if CHROMIUM is None:
         pytest.skip("chromium not installed (CI installs Debian's chromium); the static checks above passed")
@@ -131,9 +151,9 @@ def test_runs_log_everything_and_the_report_renders_offline(two_runs, tmp_path):
         shutil.rmtree(profile, ignore_errors=True)
     dom = proc.stdout
     assert proc.returncode == 0 and "<table" in dom, proc.stderr[-2000:]
-    for cls in ("results", "paired", "calibration", "selective", "conformal", "subgroups", "gaps"):
+    for cls in ("results", "per-class", "paired", "calibration", "selective", "conformal", "subgroups", "gaps"):
         assert f'<table class="{cls}"' in dom, cls
-    for name in ("confusion_matrix_normalized", "reliability_diagram", "calibrated_reliability_diagram",
+    for name in ("confusion_matrix_normalized", "per_class", "reliability_diagram", "calibrated_reliability_diagram",
                  "risk_coverage", "subgroups"):
         assert f'class="fig-{name}"' in dom, name
     assert len(re.findall(r'src="data:image/png;base64,', dom)) >= 8  # both runs' figures embedded

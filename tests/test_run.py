@@ -23,11 +23,12 @@ def _only_run(uri, experiment="tiny"):
 class RowCounter:
     @hookimpl
     def register_evaluators(self, register):
-        def count(split, predictions, config):
+        def count(inputs):
             from derma_core.interfaces import EvalResult
 
-            return EvalResult(metrics={"rows_seen": float(len(split)),
-                                       "nv_predicted": float(sum(l == "nv" for l in predictions.labels))})
+            return EvalResult(metrics={"rows_seen": float(len(inputs.split)),
+                                       "nv_predicted": float(sum(l == "nv" for l in inputs.predictions.labels)),
+                                       "classes_seen": float(len(inputs.label_set))})
 
         register("row_counter", count)
 
@@ -59,11 +60,13 @@ def test_run_prior_end_to_end(mlflow_store, tiny_source, row_counter):
     assert "test_macro_f1" in metrics and "test_macro_f1_ci_low" in metrics
     assert metrics["test_rows_seen"] == 35 and metrics["test_nv_predicted"] == 35  # plugin evaluator ran
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "predictions.csv", "dataset.json"} <= artifacts
+    assert {"config.yaml", "predictions.csv", "dataset.json", "label_set.json"} <= artifacts
+    assert metrics["test_classes_seen"] == 7 and tags["derma.label_set"] == "akiec,bcc,bkl,df,mel,nv,vasc"
+    assert "HAM10000" in tags["derma.dataset_citation"] and "CC BY-NC" in tags["derma.dataset_licence"]
     config = tracking.load_run_config(run.info.run_id, uri=mlflow_store)
     assert config["plugin"] == "prior" and config["evaluation"]["bootstrap"] == 50
     preds = tracking.load_run_table(run.info.run_id, uri=mlflow_store)
-    assert list(preds.columns[:4]) == ["id", "lesion_id", "label", "predicted"]
+    assert list(preds.columns[:4]) == ["id", "group_id", "label", "predicted"]
     assert (preds["predicted"] == "nv").all() and len(preds) == 35
     contexts = sorted(d.tags[0].value for d in run.inputs.dataset_inputs)
     assert contexts == ["test", "train", "val"]
@@ -132,7 +135,7 @@ class EpochReporter:
             ctx.report_epoch(epoch, {"val_accuracy": 0.9})
 
     def predict(self, split, ctx):
-        return Predictions(ids=split.ids, labels=["akiec"] * len(split))
+        return Predictions(ids=split.ids, labels=["akiec"] * len(split), label_set=split.label_set)
 
 
 class EpochReporterPlugin:
@@ -160,3 +163,56 @@ def test_final_val_metrics_are_the_latest_values(mlflow_store, tiny_source):
     assert run.data.metrics["val_accuracy"] == pytest.approx(expected)
     history = client.get_metric_history(result.run_id, "val_accuracy")
     assert sorted(m.step for m in history) == [0, 1, 2, 3]
+
+
+def test_run_on_another_label_set(mlflow_store, tiny_source, row_counter):
+    """A dataset with three classes of its own: the backend, every evaluator and MLflow see its
+    classes (no HAM10000 assumption), and the grouped (malignancy) metrics are reported."""
+    result = CliRunner().invoke(cli, ["run", "--plugin", "prior", "--dataset", "tiny3", "--tracking-uri", mlflow_store,
+                                      "--quiet", "-o", "evaluation.bootstrap=20"])
+    assert result.exit_code == 0, result.output
+    client, run = _only_run(mlflow_store, "tiny3")
+    metrics, tags = run.data.metrics, run.data.tags
+    assert tags["derma.label_set"] == "ack,bcc,nev"
+    assert metrics["test_classes_seen"] == 3
+    assert {"test_f1_ack", "test_f1_bcc", "test_f1_nev"} <= set(metrics)
+    assert not any(k.startswith("test_f1_") and k[8:] not in ("ack", "bcc", "nev") for k in metrics)
+    assert not any("mel_" in k for k in metrics)  # no focus class declared: no melanoma metric
+    assert any(k.startswith("test_malignancy_") for k in metrics), sorted(metrics)
+    assert tracking.load_run_label_set(run.info.run_id, uri=mlflow_store).codes == ("ack", "bcc", "nev")
+    preds = tracking.load_run_table(run.info.run_id, uri=mlflow_store)
+    assert set(preds["label"]) == {"ack", "bcc", "nev"}
+    assert [c for c in preds.columns if c.startswith("prob_")] == ["prob_ack", "prob_bcc", "prob_nev"]
+
+
+class WrongClasses:
+    name = "wrong_classes"
+
+    def __init__(self, config):
+        pass
+
+    def fit(self, train, val, ctx):
+        pass
+
+    def predict(self, split, ctx):
+        from derma_core.data.datasets.ham10000 import LABEL_SET
+
+        return Predictions(split.ids, ["nv"] * len(split), label_set=LABEL_SET)
+
+
+class WrongClassesPlugin:
+    @hookimpl
+    def register_classifiers(self, register):
+        register("wrong_classes", WrongClasses)
+
+
+def test_backend_predicting_other_classes_is_refused(mlflow_store, tiny_source):
+    plugin = WrongClassesPlugin()
+    plugins.pm.register(plugin, name="test-wrong-classes")
+    try:
+        result = CliRunner().invoke(cli, ["run", "--plugin", "wrong_classes", "--dataset", "tiny3",
+                                          "--tracking-uri", mlflow_store, "--quiet"])
+    finally:
+        plugins.pm.unregister(plugin)
+    assert result.exit_code != 0
+    assert "predicted over the classes akiec" in result.output and "ack, bcc, nev" in result.output

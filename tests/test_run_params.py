@@ -43,7 +43,7 @@ class AutoPrecision:
         pass
 
     def predict(self, split, ctx):
-        return Predictions(ids=split.ids, labels=["nv"] * len(split))
+        return Predictions(ids=split.ids, labels=["nv"] * len(split), label_set=split.label_set)
 
 
 class LeavesAuto(AutoPrecision):
@@ -173,3 +173,28 @@ def test_resnet18_resolves_weights_epochs_precision_and_the_prepared_image_size(
     assert params["image_size"] == 48 and params["epochs"] == 20 and params["effective_batch_size"] == 32
     assert real["train"]["epochs"] == "auto"  # the raw config is not touched
     assert not [k for k, v in params.items() if v == "auto"]
+
+
+def _flat_keys(node: dict, prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for key, value in node.items():
+        keys.add(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys |= _flat_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def test_no_param_repeats_a_resolved_value_under_a_resolved_name(mlflow_store, tiny_source):
+    """The curated params already hold what every ``auto`` resolved to (epochs, channels_last,
+    ...); a backend logging ``resolved_<name>`` beside them says the same thing twice."""
+    pytest.importorskip("derma_resnet18")
+    config = resolve_config("resnet18", overrides=[
+        "data.source=tiny", "quiet=true", "device=cpu", "evaluation.bootstrap=0",
+        "evaluation.evaluators=[classification]", "train.epochs=1", "model.weights=none", "tracking.log_model=false"])
+    result = runner.run(config)
+    params = mlflow.MlflowClient(mlflow_store).get_run(result.run_id).data.params
+    resolved = yaml.safe_load((result.work_dir / "resolved_config.yaml").read_text())
+    names = set(runner.CURATED_PARAMS) | {key.rsplit(".", 1)[-1] for key in _flat_keys(resolved)}
+    repeated = sorted(k for k in params if k.startswith("resolved_") and k[len("resolved_"):] in names)
+    assert not repeated, f"params repeating the resolved config / curated params: {repeated}"
+    assert params["epochs"] == "1" and params["channels_last"] in {"True", "False"}

@@ -213,6 +213,29 @@ def test_join_with_another_space_is_refused(work, toy):
     assert result.exit_code == 2 and "no study named 'never-made'" in result.output
 
 
+def test_a_worker_whose_dataset_has_other_classes_is_refused(work, toy):
+    """data.dir is a machine path (it may differ between workers); the classes behind it may not."""
+    four, two = work / "four-classes", work / "two-classes"
+    for folder, codes in ((four, toy.LABEL_SET.codes), (two, ("benign", "malignant"))):
+        folder.mkdir()
+        (folder / "classes.txt").write_text("\n".join(codes))
+    space = write_space(work, "classes", {"params": {"train.lr": {"float": [1e-4, 1e-2], "log": True}},
+                                          "pruner": "none"})
+    args = ["tune", "-p", "tunetoy", "--space", str(space), "--study-name", "classes", "--trials", "0", "-q"]
+    assert derma(*args, "--data-dir", str(four)).exit_code == 0
+    toy.FITTED.clear()
+    join = [*args, "--data-dir", str(two)]
+    resume = ["tune", "--study-name", "classes", "--resume", "--trials", "1", "-q", "--data-dir", str(two)]
+    for command in (join, resume):
+        result = derma(*command)
+        assert result.exit_code != 0, result.output
+        line = [l for l in result.output.splitlines() if l.startswith("error:")]
+        assert len(line) == 1, result.output
+        assert ", ".join(toy.LABEL_SET.codes) in line[0] and "benign, malignant" in line[0]
+    assert toy.FITTED == []  # no trial started
+    assert derma(*args, "--data-dir", str(four)).exit_code == 0  # the same classes join
+
+
 # -- a local study end to end -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def local_study(work, toy):

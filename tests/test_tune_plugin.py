@@ -4,7 +4,8 @@ source and a macro-F1 evaluator, registered on ``derma_core.plugins.pm`` by :fun
 The classifier does no learning: its validation score is a known function of the config
 (``train.lr``, ``class_weighting``, ``model.dropout``), reported per epoch through
 ``ctx.report_epoch`` and reproduced by its predictions, so tests know which trial must win and
-which must be pruned. Run as a script it is a ``derma`` command line with the plugin loaded
+which must be pruned. The dataset has its own four classes (:data:`LABEL_SET`), not HAM10000's:
+tuning knows nothing of a particular label set. Run as a script it is a ``derma`` command line with the plugin loaded
 (the distributed test starts its workers this way).
 """
 
@@ -24,11 +25,14 @@ import pandas as pd
 import pytest
 
 from derma_core import hookimpl
-from derma_core.interfaces import Dataset, EvalResult, Predictions, Split, TrialPruned
-from derma_core.labels import LABELS
+from derma_core.interfaces import Dataset, EvalInput, EvalResult, Predictions, Split, TrialPruned
+from derma_core.labels import LabelSet
+from derma_core.testing import tiny_descriptor
 
 NAME = "tunetoy"
 PLUGIN_NAME = "tunetoy-test-plugin"
+#: The toy dataset's classes.
+LABEL_SET = LabelSet(codes=("alpha", "beta", "gamma", "delta"), names=("Alpha", "Beta", "Gamma", "Delta"))
 
 SCHEMA = """\
 data:
@@ -110,11 +114,12 @@ class ToyClassifier:
         if log:
             with open(log, "a") as f:
                 f.write(split.name + "\n")
+        codes = split.label_set.codes
         labels = split.labels
         n_right = int(round(self.quality * len(labels)))
-        predicted = [lab if i < n_right else LABELS[(LABELS.index(lab) + 1) % len(LABELS)]
+        predicted = [lab if i < n_right else codes[(codes.index(lab) + 1) % len(codes)]
                      for i, lab in enumerate(labels)]
-        return Predictions(ids=split.ids, labels=predicted)
+        return Predictions(ids=split.ids, labels=predicted, label_set=split.label_set)
 
 
 class GuardedSplit(Split):
@@ -128,24 +133,32 @@ class GuardedSplit(Split):
 
 
 def toy_dataset(config: dict) -> Dataset:
+    """Ten rows per class (six in test) of :data:`LABEL_SET`; with ``data.dir`` a folder whose
+    ``classes.txt`` names other class codes (one per line), those classes (a prepared folder of
+    another dataset, as a worker's machine path may point at)."""
     root = Path(tempfile.gettempdir())
+    label_set = LABEL_SET
+    folder = (config.get("data") or {}).get("dir")
+    if folder:
+        label_set = LabelSet(codes=tuple(Path(folder, "classes.txt").read_text().split()))
     splits = {}
-    for name, per_class in (("train", 6), ("val", 6), ("test", 4)):
-        rows = [{"id": f"{name}{c}_{k}", "label": lab, "lesion_id": f"L{name}{c}_{k}", "image_path": f"{name}{c}_{k}.jpg"}
-                for c, lab in enumerate(LABELS) for k in range(per_class)]
+    for name, per_class in (("train", 10), ("val", 10), ("test", 6)):
+        rows = [{"id": f"{name}{c}_{k}", "label": lab, "group_id": f"L{name}{c}_{k}", "image_path": f"{name}{c}_{k}.jpg"}
+                for c, lab in enumerate(label_set.codes) for k in range(per_class)]
         # interleave classes so the first rows (the ones the toy gets right) span every class
         frame = pd.DataFrame(rows).sort_values("id", key=lambda s: s.str.split("_").str[1].astype(int), kind="stable").reset_index(drop=True)
         cls = GuardedSplit if name == "test" else Split
-        splits[name] = cls(name, frame, root)
-    return Dataset(name="tunetoy-data", digest="tunetoy0001", splits=splits, synthetic=True)
+        splits[name] = cls(name, frame, root, label_set=label_set)
+    return Dataset(name="tunetoy-data", digest="tunetoy0001", splits=splits, synthetic=True,
+                   descriptor=tiny_descriptor(label_set, name="tunetoy-data"))
 
 
-def toy_f1(split: Split, predictions: Predictions, config: dict) -> EvalResult:
+def toy_f1(inputs: EvalInput) -> EvalResult:
     from sklearn.metrics import accuracy_score, f1_score
 
-    y, p = split.y, predictions.aligned_to(split).y_pred
-    return EvalResult(metrics={"macro_f1": float(f1_score(y, p, labels=list(range(len(LABELS))), average="macro",
-                                                           zero_division=0)),
+    y, p = inputs.y_true, inputs.y_pred
+    return EvalResult(metrics={"macro_f1": float(f1_score(y, p, labels=list(range(len(inputs.label_set))),
+                                                           average="macro", zero_division=0)),
                                "accuracy": float(accuracy_score(y, p))})
 
 

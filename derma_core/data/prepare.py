@@ -1,11 +1,15 @@
-"""``derma prep``: raw folder -> verified, split, resized, cached prepared folder.
+"""``derma prep``: raw folder -> verified, split, resized, cached prepared folder, for any
+dataset with a descriptor (its reader reads the raw folder; verification, splitting and
+resizing are the same for every dataset).
 
 A prepared folder holds::
 
-    manifest.json           digests, parameters, counts by split and class (written last)
+    manifest.json           digests, parameters, counts by split and class, and the dataset's
+                            facts (label set, grouping, modality, subgroups, licence; written last)
     prep_report.json        every problem found, one entry each, and the summary counts
-    splits/{train,val,test}.csv   id, label, lesion_id, image_path and the metadata columns
-    splits/folds.csv        with --folds K: lesion-grouped CV folds of train+val
+    splits/{train,val,test}.csv   id, label, group_id, image_path and the metadata columns (one named
+                            like those four, e.g. a raw ``label``, is kept as ``raw_label``)
+    splits/folds.csv        with --folds K: group-level CV folds of train+val
     images/<id>.jpg         the resized images (JPEG quality 95)
     cache/images.npy        uint8 (N, size, size, 3), rows = train, then val, then test rows
     class_distribution.png  images per class and split
@@ -26,20 +30,25 @@ import json
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
 
-from ..labels import LABELS
+from ..labels import LabelSet
 from . import raw as rawmod
 from .raw import PrepError, Problem, RawData
 from .resize import RESIZE_MODES, missing_rows, resampler, resize_into_cache
-from .splits import SPLITS, check_no_leakage, counts_table, grouped_folds, grouped_split, seed_split
+from .splits import (SPLITS, check_no_leakage, counts_table, grouped_folds, grouped_split, leaking_groups,
+                     official_split, seed_split)
 
-PREP_VERSION = 1
+if TYPE_CHECKING:  # pragma: no cover
+    from .descriptor import DatasetDescriptor
+
+#: 2: any dataset (a "dataset" block in the manifest, group_id in the split tables)
+PREP_VERSION = 2
 MANIFEST = "manifest.json"
 REPORT = "prep_report.json"
 STATE = "state.json"
@@ -47,22 +56,26 @@ CACHE_FILE = "cache/images.npy"
 PARTIAL = "cache/images.partial.npy"
 PARTIAL_LOG = "cache/images.partial.log"
 PARTIAL_PLAN = "cache/images.partial.json"
-SPLIT_MODES = ("seed", "grouped")
+SPLIT_MODES = ("seed", "grouped", "official")
 #: Problems listed per kind on the terminal; prep_report.json has all of them.
 SHOW_PER_CODE = 10
 
 
 @dataclass
 class PrepParams:
+    """How a dataset is prepared. ``split`` None is the dataset's own default: ``official``
+    where it has an official split, else ``grouped``; ``seed`` is the original HAM10000
+    study's split (HAM10000's label set only)."""
+
     size: int = 224
-    split: str = "seed"
+    split: str | None = None
     seed: int = 42
     resize: str = "squash"
     ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)
     folds: int | None = None
 
     def check(self) -> None:
-        if self.split not in SPLIT_MODES:
+        if self.split is not None and self.split not in SPLIT_MODES:
             raise PrepError(f"error: --split {self.split!r}: use one of {', '.join(SPLIT_MODES)}")
         if self.resize not in RESIZE_MODES:
             raise PrepError(f"error: --resize {self.resize!r}: use one of {', '.join(RESIZE_MODES)}")
@@ -74,9 +87,25 @@ class PrepParams:
     def as_dict(self) -> dict:
         d = {"size": self.size, "split": self.split, "seed": self.seed, "resize": self.resize,
              "folds": self.folds}
-        if self.split == "grouped":
+        if self.split in ("grouped", "official"):
             d["ratios"] = [float(r) for r in self.ratios]
         return d
+
+    def for_dataset(self, descriptor: "DatasetDescriptor", label_set: LabelSet) -> "PrepParams":
+        """These parameters with the split resolved for ``descriptor``; a one-line
+        :class:`PrepError` where the split does not apply to it."""
+        split = self.split or ("official" if descriptor.split_policy == "official" else "grouped")
+        if split == "seed":
+            from .datasets.ham10000 import require_ham10000
+
+            try:
+                require_ham10000(label_set, "--split seed")
+            except ValueError as exc:
+                raise PrepError(f"error: dataset {descriptor.name}: {exc}, e.g. --split grouped") from None
+        if split == "official" and descriptor.split_policy != "official":
+            raise PrepError(f"error: --split official: dataset {descriptor.name} has no official split; use "
+                            "--split grouped")
+        return replace(self, split=split)
 
 
 # ---------------------------------------------------------------- atomic file helpers
@@ -169,19 +198,48 @@ def _fail(out: Path, problems: list[Problem], summary: dict, strict: bool, log: 
 
 # ---------------------------------------------------------------- the pipeline
 
-def prepare(raw_dir: str | os.PathLike | RawData, out: str | os.PathLike, params: PrepParams | None = None, *,
-            workers: int | None = None, strict: bool = False, name: str = "ham10000", synthetic: bool = False,
-            progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Prepare ``raw_dir`` into ``out`` (see the module docstring); returns the manifest.
+def resolve_dataset(dataset: "DatasetDescriptor | str") -> "DatasetDescriptor":
+    """A descriptor, or the registered one of that name (a one-line :class:`PrepError` naming
+    the known datasets otherwise)."""
+    from .descriptor import DatasetDescriptor
 
-    Raises :class:`~derma_core.data.raw.PrepError` with one line per fatal problem.
+    if isinstance(dataset, DatasetDescriptor):
+        return dataset
+    from .sources import registered_descriptor, registered_names
+
+    found = registered_descriptor(str(dataset))
+    if found is None:
+        raise PrepError(f"error: unknown dataset {str(dataset)!r}; known: {', '.join(registered_names())} "
+                        "(`derma datasets` describes them)")
+    return found
+
+
+def prepare(raw_dir: str | os.PathLike | RawData, out: str | os.PathLike, params: PrepParams | None = None, *,
+            workers: int | None = None, strict: bool = False, name: str | None = None, synthetic: bool | None = None,
+            progress: bool = True, log: Callable[[str], None] = print,
+            dataset: "DatasetDescriptor | str" = "ham10000", options: Mapping[str, Any] | None = None) -> dict:
+    """Prepare ``raw_dir`` (a raw folder that ``dataset``'s reader reads, or a :class:`RawData`)
+    into ``out`` (see the module docstring); returns the manifest.
+
+    ``options`` are the dataset's preparation options (``--option KEY=VALUE``); ``name`` (the
+    MLflow experiment) defaults to the dataset's name; ``synthetic`` defaults to what the raw
+    folder's :data:`~derma_core.data.synthetic.MARKER` says. Raises
+    :class:`~derma_core.data.raw.PrepError` with one line per fatal problem.
     """
     params = params or PrepParams()
     params.check()
+    descriptor = resolve_dataset(dataset)
+    try:
+        opts = descriptor.resolve_options(options)
+        label_set = descriptor.label_set(opts)
+    except ValueError as exc:
+        raise PrepError(f"error: {exc}") from None
+    params = params.for_dataset(descriptor, label_set)
+    job = _Job(descriptor, opts, label_set, name, synthetic)
     out = Path(out)
     try:
         with folder_lock(out):
-            return _prepare_locked(raw_dir, out, params, workers, strict, name, synthetic, progress, log)
+            return _prepare_locked(raw_dir, out, params, workers, strict, job, progress, log)
     except OSError as exc:
         if not _is_write_error(exc):
             raise
@@ -189,8 +247,7 @@ def prepare(raw_dir: str | os.PathLike | RawData, out: str | os.PathLike, params
     if failed.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and (out / MANIFEST).exists():
         # a read-only folder already prepared with these inputs is fine: say it is up to date
         with contextlib.suppress(OSError):
-            return _prepare_locked(raw_dir, out, params, workers, strict, name, synthetic, progress, log,
-                                   read_only=True)
+            return _prepare_locked(raw_dir, out, params, workers, strict, job, progress, log, read_only=True)
     raise PrepError(_write_error_line(out, failed))
 
 
@@ -207,12 +264,57 @@ def _write_error_line(out: Path, exc: OSError) -> str:
             f"or make {out} writable")
 
 
-def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, name, synthetic, progress, log,
+@dataclass
+class _Job:
+    """What is prepared: the dataset, its options and label set, the manifest's name and
+    whether the data is synthetic (None: the raw folder's marker says)."""
+
+    descriptor: "DatasetDescriptor"
+    options: dict
+    label_set: LabelSet
+    name: str | None
+    synthetic: bool | None
+
+
+def read_raw(raw_dir: str | os.PathLike | RawData, descriptor: "DatasetDescriptor", options: Mapping[str, str],
+             label_set: LabelSet, official: bool = False, exclude: Path | None = None) -> RawData:
+    """``descriptor``'s reader on ``raw_dir`` (skipping ``exclude``), then the generic
+    verification (:func:`~derma_core.data.raw.verify`)."""
+    if isinstance(raw_dir, RawData):
+        data = raw_dir
+    else:
+        if descriptor.reader is None:
+            access = f": {descriptor.access}" if descriptor.access else ""
+            raise PrepError(f"error: dataset {descriptor.name} has no raw-folder reader, so `derma prep` cannot read "
+                            f"it{access}")
+        with rawmod.excluding(*([exclude] if exclude is not None else [])):
+            data = descriptor.reader(Path(raw_dir), dict(options))
+    if data.verified:
+        return data
+    return rawmod.verify(data, descriptor, label_set, official_split=official)
+
+
+def _table_sha(frame: pd.DataFrame) -> str:
+    return hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest()
+
+
+def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, job: _Job, progress, log,
                     read_only: bool = False) -> dict:
     started = time.time()
-    data = raw_dir if isinstance(raw_dir, RawData) else rawmod.scan_raw(raw_dir, exclude=out)
+    descriptor, label_set = job.descriptor, job.label_set
+    data = read_raw(raw_dir, descriptor, job.options, label_set, official=params.split == "official", exclude=out)
     meta = data.metadata
     problems = list(data.problems)
+    synthetic = job.synthetic
+    if synthetic is None:
+        from .synthetic import read_marker
+
+        try:
+            synthetic = read_marker(data.root) is not None
+        except ValueError as exc:
+            raise PrepError(f"error: {exc}") from None
+    name = job.name or descriptor.name
+    facts = descriptor.facts(job.options)
 
     metadata_sha = sha256_file(data.metadata_path)
     rel = {i: os.path.relpath(p, data.root) for i, p in data.images.items()}
@@ -220,7 +322,7 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, nam
     resampling = resampler()  # a different resize library gives (slightly) different pixels
     fingerprint = hashlib.sha256(json.dumps({
         "version": PREP_VERSION, "params": params.as_dict(), "metadata": metadata_sha, "strict": strict,
-        "resampler": resampling,
+        "resampler": resampling, "dataset": facts, "name": name, "synthetic": synthetic, "table": _table_sha(meta),
         "images": sorted((i, rel[i], fps[i]) for i in meta["image_id"]),
     }).encode()).hexdigest()
 
@@ -229,6 +331,8 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, nam
         with contextlib.suppress(ValueError, OSError):
             old = json.loads(manifest_path.read_text())
             if old.get("fingerprint") == fingerprint:
+                if not synthetic:
+                    log(descriptor.licence_line())
                 log(f"{out}: up to date (same inputs and parameters), nothing to do")
                 return old
     if read_only:  # cannot write: stop before anything (the caller says why)
@@ -243,6 +347,16 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, nam
     # ---- split (on rows whose image exists; images that fail to decode are dropped later)
     if params.split == "seed":
         assignment = seed_split(meta, params.seed)
+    elif params.split == "official":
+        assignment = official_split(meta, params.ratios, params.seed)
+        leaks = leaking_groups(meta, assignment)
+        if leaks:
+            what = descriptor.group_column or "group"
+            problems.append(Problem("official_split_leaks", f"{data.metadata_path.name}",
+                                    f"{len(leaks)} {what} values have images in two splits of the official split "
+                                    f"(e.g. {', '.join(leaks[:3])})",
+                                    "results would be optimistic; prepare with --split grouped", fatal=True))
+            _fail(out, problems, summary, strict, log)
     else:
         assignment = grouped_split(meta, params.ratios, params.seed)
     check_no_leakage(meta, assignment)
@@ -340,24 +454,26 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, nam
     row_shas = [shas[row] for row in np.flatnonzero(good)]
 
     # ---- split tables, folds, digests, figure, report, state, manifest (last)
-    meta_cols = [c for c in order.columns if c not in ("image_id", "dx", "lesion_id", "split")]
-    table = pd.DataFrame({"id": order["image_id"], "label": order["dx"], "lesion_id": order["lesion_id"],
+    meta_cols = rawmod.metadata_columns(order)
+    table = pd.DataFrame({"id": order["image_id"], "label": order["dx"], "group_id": order["group_id"],
                           "image_path": "images/" + order["image_id"] + ".jpg"})
-    for col in meta_cols:
-        table[col] = order[col].to_numpy()
+    for col in meta_cols:  # a metadata column named like a split column (a raw "label") becomes raw_<name>
+        table[f"raw_{col}" if col in table.columns else col] = order[col].to_numpy()
     offsets, start = {}, 0
     for s in SPLITS:
         part = table[order["split"] == s].reset_index(drop=True)
         atomic_write_csv(out / "splits" / f"{s}.csv", part)
         offsets[s] = [start, start + len(part)]
         start += len(part)
-    counts = counts_table(order, order["split"], LABELS)
-    missing_classes = {s: [c for c in LABELS if counts.get(s, {}).get("by_class", {}).get(c, 0) == 0] for s in SPLITS}
+    codes = label_set.codes
+    counts = counts_table(order, order["split"], codes)
+    missing_classes = {s: [c for c in codes if counts.get(s, {}).get("by_class", {}).get(c, 0) == 0] for s in SPLITS}
     for s, missing in missing_classes.items():
         if missing:
-            problems.append(Problem("class_missing_from_split", f"split {s}",
-                                    f"no images of {', '.join(missing)}",
-                                    "metrics for those classes will be undefined there; add data or use --split grouped"))
+            listed = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            fix = "add data" + ("" if params.split == "grouped" else " or use --split grouped")
+            problems.append(Problem("class_missing_from_split", f"split {s}", f"no images of {listed}",
+                                    f"metrics for those classes will be undefined there; {fix}"))
     if strict and any(p.code == "class_missing_from_split" for p in problems):
         _fail(out, problems, summary, strict, log)
     folds_info = None
@@ -366,17 +482,17 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, nam
         fold = grouped_folds(pool, params.folds, params.seed)
         check_no_leakage(pool, fold)
         atomic_write_csv(out / "splits" / "folds.csv",
-                         pd.DataFrame({"id": pool["image_id"], "lesion_id": pool["lesion_id"], "label": pool["dx"],
+                         pd.DataFrame({"id": pool["image_id"], "group_id": pool["group_id"], "label": pool["dx"],
                                        "fold": fold.astype(int).to_numpy()}))
-        folds_info = {"k": params.folds, "counts": counts_table(pool, fold.astype(int).astype(str), LABELS)}
+        folds_info = {"k": params.folds, "counts": counts_table(pool, fold.astype(int).astype(str), codes)}
 
     digest = hashlib.sha256(json.dumps({
         "params": params.as_dict(), "resampler": resampling,
         "rows": [[s, i, l, g, h] for s, i, l, g, h in zip(order["split"], order["image_id"], order["dx"],
-                                                          order["lesion_id"], row_shas)],
+                                                          order["group_id"], row_shas)],
     }).encode()).hexdigest()
     with contextlib.suppress(Exception):  # a figure problem must not fail the preparation
-        _class_figure(counts, out / "class_distribution.png", name)
+        _class_figure(counts, out / "class_distribution.png", name, codes)
 
     summary.update({"images_prepared": int(len(order)), "images_dropped": int((~good).sum()),
                     "images_resized": len(todo), "images_reused": len(reused),
@@ -395,7 +511,7 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, nam
         "format": "derma-prepared", "version": PREP_VERSION, "name": name, "synthetic": synthetic,
         "digest": digest, "fingerprint": fingerprint, "params": params.as_dict(), "resampler": resampling,
         "source": {"raw": str(data.root), "metadata": data.metadata_path.name, "metadata_sha256": metadata_sha},
-        "counts": counts, "folds": folds_info,
+        "dataset": facts, "counts": counts, "folds": folds_info,
         "cache": {"file": CACHE_FILE, "shape": [len(order), params.size, params.size, 3], "dtype": "uint8",
                   "rows": offsets},
         "problems": {"fatal": 0, "warnings": len(problems)},
@@ -406,7 +522,9 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, nam
         leftover.unlink(missing_ok=True)
     for line in format_problems(problems):
         log(line)
-    log(_summary_line(out, counts, summary, problems))
+    if not synthetic:
+        log(descriptor.licence_line())
+    log(_summary_line(out, counts, summary, problems, descriptor.grouping))
     return manifest
 
 
@@ -439,28 +557,34 @@ def _reuse_previous(out: Path, params_key, ids, rel, fps, partial: Path, shas: d
     return reused
 
 
-def _summary_line(out: Path, counts: dict, summary: dict, problems: list[Problem]) -> str:
-    parts = ", ".join(f"{s} {counts[s]['images']} images/{counts[s]['lesions']} lesions" for s in SPLITS if s in counts)
+def _summary_line(out: Path, counts: dict, summary: dict, problems: list[Problem], grouping: str | None) -> str:
+    def part(s: str) -> str:
+        images = f"{s} {counts[s]['images']} images"
+        return f"{images}/{counts[s]['groups']} {grouping}s" if grouping else images
+
+    parts = ", ".join(part(s) for s in SPLITS if s in counts)
     return (f"prepared {summary['images_prepared']} images into {out} ({parts}); "
             f"{summary['images_resized']} resized, {summary['images_reused']} reused, "
             f"{summary['images_dropped']} dropped; {len(problems)} warning(s) in {REPORT}; "
             f"{summary['seconds']} s")
 
 
-def _class_figure(counts: dict, path: Path, name: str) -> None:
+def _class_figure(counts: dict, path: Path, name: str, codes: tuple[str, ...]) -> None:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    many = len(codes) > 20
+    fig, ax = plt.subplots(figsize=(min(40.0, max(7.0, 0.28 * len(codes))), 3.5 + (1.0 if many else 0.0)))
     width = 0.8 / len(SPLITS)
-    x = np.arange(len(LABELS))
+    x = np.arange(len(codes))
     for k, s in enumerate(SPLITS):
-        values = [counts.get(s, {}).get("by_class", {}).get(c, 0) for c in LABELS]
+        values = [counts.get(s, {}).get("by_class", {}).get(c, 0) for c in codes]
         bars = ax.bar(x + (k - 1) * width, values, width, label=f"{s} ({sum(values)})")
-        ax.bar_label(bars, fontsize=6)
-    ax.set_xticks(x, LABELS)
+        if not many:
+            ax.bar_label(bars, fontsize=6)
+    ax.set_xticks(x, codes, rotation=90 if many else 0, fontsize=6 if many else None)
     ax.set_yscale("symlog")
     ax.set_ylabel("images")
     ax.set_title(f"{name}: images per class and split")
@@ -474,12 +598,37 @@ def _class_figure(counts: dict, path: Path, name: str) -> None:
 
 # ---------------------------------------------------------------- reading a prepared folder
 
+def prepared_descriptor(manifest: Mapping[str, Any]) -> "DatasetDescriptor":
+    """The facts of a prepared folder's dataset: the registered descriptor of its name holding
+    the label set the folder was prepared with, or (a dataset no loaded plugin registers, e.g.
+    one declared in a YAML spec) a descriptor of the recorded facts alone. A folder prepared
+    before datasets had descriptors (no "dataset" block) is HAM10000."""
+    from .descriptor import DatasetDescriptor
+    from .sources import registered_descriptor
+
+    facts = manifest.get("dataset")
+    if not facts:
+        from .datasets.ham10000 import DESCRIPTOR
+
+        return DESCRIPTOR
+    try:
+        labels = LabelSet.from_dict(facts["labels"])
+        found = registered_descriptor(str(facts["name"]))
+        if found is not None:
+            return found.with_labels(labels)
+        return DatasetDescriptor.from_facts(facts)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{MANIFEST}: its dataset block is broken ({exc}); re-run `derma prep`") from None
+
+
 def load_prepared(folder: str | os.PathLike, fold: int | None = None, name: str | None = None):
-    """The :class:`~derma_core.interfaces.Dataset` in a folder written by :func:`prepare`.
+    """The :class:`~derma_core.interfaces.Dataset` in a folder written by :func:`prepare`, with
+    the dataset's facts as it was prepared (:func:`prepared_descriptor`).
 
     Each split's ``cache`` is a read-only memory map (a slice of ``cache/images.npy``). With
     ``fold`` (from ``--folds K``), val is that cross-validation fold of train+val and train the
-    rest (their caches are then gathered into memory).
+    rest (their caches are then gathered into memory). A folder of the previous version (split
+    tables with ``lesion_id``) loads as HAM10000, its lesions as the groups.
     """
     from ..interfaces import Dataset, Split
 
@@ -488,12 +637,18 @@ def load_prepared(folder: str | os.PathLike, fold: int | None = None, name: str 
     if not manifest_path.exists():
         hint = ("it looks like a raw HAM10000 folder: run `derma prep --raw "
                 f"{folder} --out PREPARED_DIR` and point data.dir at PREPARED_DIR"
-                if (folder / "HAM10000_metadata.csv").exists() else "run `derma prep --raw RAW --out DIR` first")
+                if (folder / "HAM10000_metadata.csv").exists() else
+                "it looks like a raw folder: run `derma prep --dataset NAME --raw "
+                f"{folder} --out PREPARED_DIR` and point data.dir at PREPARED_DIR"
+                if folder.is_dir() and any(p.suffix.lower() in (".csv", ".tab") for p in folder.iterdir()) else
+                "run `derma prep --dataset NAME --raw RAW --out DIR` first")
         raise FileNotFoundError(f"{folder}: not a prepared dataset (no {MANIFEST}); {hint}")
     try:
         manifest = json.loads(manifest_path.read_text())
     except ValueError:
         raise ValueError(f"{manifest_path}: not valid JSON; re-run `derma prep`") from None
+    descriptor = prepared_descriptor(manifest)
+    label_set = descriptor.labels
     cache_info = manifest.get("cache") or {}
     cache = None
     cache_file = folder / cache_info.get("file", CACHE_FILE)
@@ -508,18 +663,24 @@ def load_prepared(folder: str | os.PathLike, fold: int | None = None, name: str 
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing; re-run `derma prep`")
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if "group_id" not in frame.columns and "lesion_id" in frame.columns:  # prepared by version 1
+            frame.insert(2, "group_id", frame["lesion_id"])
         part = None
         if cache is not None:
             lo, hi = cache_info["rows"][s]
             if hi - lo != len(frame):
                 raise ValueError(f"{path}: {len(frame)} rows but the cache holds {hi - lo}; re-run `derma prep`")
             part = cache[lo:hi]
-        splits[s] = Split(s, frame, folder, part)
+        try:
+            splits[s] = Split(s, frame, folder, part, label_set=label_set)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}; re-run `derma prep`") from None
     if fold is not None:
         splits = _fold_splits(folder, manifest, splits, int(fold))
     return Dataset(name=name or manifest.get("name", folder.name), digest=manifest["digest"] if fold is None
                    else hashlib.sha256(f"{manifest['digest']}-fold{fold}".encode()).hexdigest(),
-                   splits=splits, synthetic=bool(manifest.get("synthetic")), dir=folder, manifest=manifest)
+                   splits=splits, descriptor=descriptor, synthetic=bool(manifest.get("synthetic")), dir=folder,
+                   manifest=manifest)
 
 
 def _fold_splits(folder: Path, manifest: dict, splits: dict, fold: int) -> dict:
@@ -545,5 +706,6 @@ def _fold_splits(folder: Path, manifest: dict, splits: dict, fold: int) -> dict:
             n_train = len(caches[0])
             cache = np.concatenate([np.asarray(caches[0][idx[idx < n_train]]),
                                     np.asarray(caches[1][idx[idx >= n_train] - n_train])])
-        out[name] = Split(name, pool_frame.iloc[idx].reset_index(drop=True), folder, cache)
+        out[name] = Split(name, pool_frame.iloc[idx].reset_index(drop=True), folder, cache,
+                          label_set=splits["train"].label_set)
     return out

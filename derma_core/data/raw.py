@@ -1,26 +1,45 @@
-"""Reading and verifying a raw HAM10000-style folder.
+"""Reading and verifying raw dataset folders, for every dataset.
 
-:func:`scan_raw` finds the metadata table and the images (HAM10000's two part folders, Kaggle's
-lower-case copies, or one folder of ``.jpg``/``.png``), checks the table, and returns a
-:class:`RawData` with every problem found, each a one-line :class:`Problem` naming the file or
-row and what to do. Image decoding problems (empty, truncated, undecodable files) are found
-later, while resizing, and added to the same list.
+A dataset's *reader* (``descriptor.reader(raw_root, options)``) finds its metadata table(s) and
+images and returns a :class:`RawData` whose ``metadata`` has the columns ``image_id``, ``dx`` (a
+class code), ``group_id`` (``""`` where the dataset has no grouping), optionally ``split`` (an
+official split) and ``_line`` (the row's line in the metadata file, for messages), plus the
+dataset's metadata columns, all strings. Readers use the helpers here (:func:`find_table`,
+:func:`read_table`, :func:`find_images`) and report what they find as :class:`Problem` lines.
+
+:func:`verify` then checks the rows against the dataset's label set and against each other and
+the image files (unknown labels, blank ids, duplicate rows, a lesion with two labels, missing,
+empty and orphan images), the same way for every dataset. Image decoding problems (empty,
+truncated, undecodable files) are found later, while resizing, and added to the same list.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 import pandas as pd
 
-from ..labels import LABELS
+from ..labels import LabelSet
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .descriptor import DatasetDescriptor
+
+#: HAM10000's metadata columns (its table is the model for a "HAM10000-style" table, which
+#: ``derma eval-answers --metadata`` also reads).
 REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx")
 OPTIONAL_COLUMNS = ("dx_type", "age", "sex", "localization")
 METADATA_NAMES = ("HAM10000_metadata.csv", "HAM10000_metadata.tab", "HAM10000_metadata")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+#: The columns :func:`verify` needs; a reader's frame has them (plus metadata).
+CORE_COLUMNS = ("image_id", "dx", "group_id")
+#: Columns a reader may add that are not metadata: the official split and the row's file line.
+SPLIT_COLUMN = "split"
+LINE_COLUMN = "_line"
 
 #: Other names people (and other mirrors) give the columns derma needs.
 COLUMN_ALIASES = {
@@ -30,6 +49,9 @@ COLUMN_ALIASES = {
     "dx_type": ("dxtype", "diagnosis_type"),
     "localization": ("location", "site", "anatom_site_general"),
 }
+
+#: Folders that image searches skip (the prepared output when ``--out`` lies inside ``--raw``).
+_EXCLUDED: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("derma_raw_excluded", default=())
 
 
 class PrepError(RuntimeError):
@@ -57,49 +79,82 @@ class Problem:
 
 @dataclass
 class RawData:
-    """A checked raw folder: ``metadata`` keeps the usable rows (columns lesion_id, image_id,
-    dx plus the optional ones, all strings) and ``images`` maps image_id to its file."""
+    """A raw folder as a reader found it (see the module docstring): ``metadata`` has the
+    columns image_id, dx, group_id, optionally split and _line, and metadata columns (all
+    strings); ``images`` maps image_id to its file. After :func:`verify`, ``metadata`` keeps the
+    usable rows only (no ``_line``) and ``verified`` is True."""
 
     root: Path
     metadata_path: Path
     metadata: pd.DataFrame
     images: dict[str, Path]
     problems: list[Problem] = field(default_factory=list)
+    verified: bool = False
 
     @property
     def fatal(self) -> list[Problem]:
         return [p for p in self.problems if p.fatal]
 
 
-def find_metadata(root: Path) -> Path:
-    """The metadata table of a raw folder (case-insensitive name; ``.csv`` or Dataverse's ``.tab``)."""
-    wanted = {n.lower() for n in METADATA_NAMES}
-    for path in sorted(root.iterdir()):
-        if path.is_file() and path.name.lower() in wanted:
-            return path
-    csvs = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in (".csv", ".tab"))
+# ---------------------------------------------------------------- helpers for readers
+
+@contextlib.contextmanager
+def excluding(*folders: Path) -> Iterator[None]:
+    """Within the block, :func:`find_images` skips ``folders`` (``derma prep`` excludes its own
+    output folder when it lies inside the raw folder)."""
+    token = _EXCLUDED.set(_EXCLUDED.get() + tuple(Path(f).resolve() for f in folders))
+    try:
+        yield
+    finally:
+        _EXCLUDED.reset(token)
+
+
+def find_table(root: Path, names: Sequence[str] = (), what: str = "metadata table", hint: str = "") -> Path:
+    """The metadata table of a raw folder: the first of ``names`` present (case-insensitive),
+    else the only ``.csv``/``.tab`` file there; a one-line :class:`PrepError` otherwise."""
+    if not root.is_dir():
+        raise PrepError(f"error: {root}: no such folder; pass the raw folder{': ' + hint if hint else ''}")
+    wanted = [n.lower() for n in names]
+    files = {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_file()}
+    for name in wanted:
+        if name in files:
+            return files[name]
+    csvs = sorted(p for p in files.values() if p.suffix.lower() in (".csv", ".tab"))
     if len(csvs) == 1:
         return csvs[0]
     found = ", ".join(p.name for p in csvs) or "none"
-    raise PrepError(f"error: {root}: no HAM10000_metadata.csv (tables found: {found}); "
-                    "put the metadata table there or run `derma download ham10000 --out DIR`")
+    expected = names[0] if names else "one .csv table"
+    raise PrepError(f"error: {root}: no {expected} (tables found: {found}); put the {what} there"
+                    + (f" or {hint}" if hint else ""))
 
 
-def read_metadata(path: Path) -> tuple[pd.DataFrame, list[Problem]]:
-    """The metadata as strings (blank stays ""), columns renamed to derma's names.
-    Dataverse's ingested ``.tab`` form (tab-separated, quoted) is accepted too."""
+def find_metadata(root: Path) -> Path:
+    """HAM10000's metadata table in ``root`` (``.csv``, or Dataverse's ingested ``.tab``)."""
+    return find_table(root, METADATA_NAMES, "HAM10000 metadata table",
+                      "run `derma download ham10000 --out DIR`")
+
+
+def read_table(path: Path, required: Sequence[str] = (), optional: Sequence[str] = (),
+               aliases: Mapping[str, Sequence[str]] | None = None, fill_optional: bool = True,
+               hint: str = "") -> tuple[pd.DataFrame, list[Problem]]:
+    """A metadata table as strings (blank stays ""), stripped, with a ``_line`` column (its file
+    line). Columns named in ``required``/``optional`` that are missing are looked for under
+    their ``aliases`` (renamed with a warning); a missing required column is a fatal problem, a
+    missing optional one is left blank (with a warning) when ``fill_optional``. Dataverse's
+    ingested ``.tab`` form (tab-separated, quoted) is read too."""
     import csv
 
     problems: list[Problem] = []
+    aliases = COLUMN_ALIASES if aliases is None else aliases
     sep = "\t" if path.suffix.lower() == ".tab" else None
+    again = f"re-download it ({hint})" if hint else "re-download it"
     try:
         empty = path.stat().st_size == 0
     except OSError as exc:
         raise PrepError(f"error: {path}: cannot be read ({exc.strerror or exc}); check the path and its "
                         "permissions") from None
     if empty:
-        raise PrepError(f"error: {path}: the metadata table is empty (0 bytes); re-download it "
-                        "(`derma download ham10000 --out DIR`) or put the real table there")
+        raise PrepError(f"error: {path}: the metadata table is empty (0 bytes); {again} or put the real table there")
     try:
         # utf-8-sig: a table saved by Excel starts with a byte-order mark that would otherwise
         # stick to the first column's name ("\ufefflesion_id")
@@ -107,44 +162,58 @@ def read_metadata(path: Path) -> tuple[pd.DataFrame, list[Problem]]:
                             keep_default_na=False, encoding="utf-8-sig")
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, csv.Error) as exc:
         raise PrepError(f"error: {path}: cannot be read as a CSV table ({str(exc).splitlines()[0]}); "
-                        "re-download it or fix the file") from None
+                        f"{again} or fix the file") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
     rename: dict[str, str] = {}
-    normal = {c: c.strip().lower().replace("-", "_") for c in frame.columns}
-    for wanted in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
+    normal = {c: c.lower().replace("-", "_") for c in frame.columns}
+    for wanted in tuple(required) + tuple(optional):
         if wanted in frame.columns:
             continue
-        candidates = [c for c, n in normal.items() if n == wanted or n in COLUMN_ALIASES.get(wanted, ())]
-        candidates = [c for c in candidates if c not in rename]
+        candidates = [c for c, n in normal.items()
+                      if (n == wanted or n in aliases.get(wanted, ())) and c not in rename and c not in (required or ())]
         if candidates:
             rename[candidates[0]] = wanted
             problems.append(Problem("renamed_column", f"{path.name} header",
                                     f"column {candidates[0]!r} read as {wanted!r}",
                                     f"rename it to {wanted!r} to silence this warning"))
-        elif wanted in REQUIRED_COLUMNS:
+        elif wanted in required:
             problems.append(Problem("missing_column", f"{path.name} header",
                                     f"required column {wanted!r} is missing (columns: {', '.join(frame.columns)})",
-                                    f"the table needs {', '.join(REQUIRED_COLUMNS)}; rename the column that holds "
+                                    f"the table needs {', '.join(required)}; rename the column that holds "
                                     f"{wanted} to {wanted!r}", fatal=True))
-        else:
+        elif fill_optional:
             problems.append(Problem("missing_column", f"{path.name} header",
                                     f"metadata column {wanted!r} is missing", "it will be left blank"))
     frame = frame.rename(columns=rename)
     for col in frame.columns:
         frame[col] = frame[col].astype(str).str.strip()
+    if fill_optional:
+        for col in optional:
+            if col not in frame.columns:
+                frame[col] = ""
+    frame[LINE_COLUMN] = [str(k) for k in range(2, len(frame) + 2)]  # the header is line 1
     return frame, problems
+
+
+def read_metadata(path: Path) -> tuple[pd.DataFrame, list[Problem]]:
+    """A HAM10000-style metadata table (lesion_id, image_id, dx and the optional columns), as
+    strings, columns renamed to derma's names."""
+    frame, problems = read_table(path, REQUIRED_COLUMNS, OPTIONAL_COLUMNS, fill_optional=False)
+    return frame.drop(columns=[LINE_COLUMN]), problems
 
 
 def find_images(root: Path, exclude: Path | None = None) -> tuple[dict[str, Path], list[Problem]]:
     """Every image under ``root`` by id (file stem). The same id twice with the same size (e.g.
-    Kaggle's upper- and lower-case folder copies) is one image; with different sizes it is a problem."""
+    Kaggle's upper- and lower-case folder copies) is one image; with different sizes it is a
+    problem. Folders given to :func:`excluding` (and ``exclude``) are skipped."""
     problems: list[Problem] = []
     images: dict[str, Path] = {}
-    exclude = exclude.resolve() if exclude is not None else None
+    skip = set(_EXCLUDED.get()) | ({exclude.resolve()} if exclude is not None else set())
     identical = 0
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and (exclude is None or (here / d).resolve() != exclude))
+                             and (not skip or (here / d).resolve() not in skip))
         for name in sorted(filenames):
             path = here / name
             if path.suffix.lower() not in IMAGE_SUFFIXES or name.startswith("."):
@@ -167,63 +236,131 @@ def find_images(root: Path, exclude: Path | None = None) -> tuple[dict[str, Path
     return images, problems
 
 
-def verify_metadata(frame: pd.DataFrame, images: dict[str, Path], name: str,
-                    root: Path) -> tuple[pd.DataFrame, list[Problem]]:
-    """Check rows against each other and against the image files; returns the usable rows."""
-    problems: list[Problem] = []
-    if any(c not in frame.columns for c in REQUIRED_COLUMNS):  # already a fatal missing_column problem
-        return pd.DataFrame(columns=list(REQUIRED_COLUMNS + OPTIONAL_COLUMNS), dtype=str), problems
-    line = pd.Series(range(2, len(frame) + 2), index=frame.index)  # file line numbers (header is 1)
+# ---------------------------------------------------------------- generic verification
+
+def codes_hint(label_set: LabelSet, limit: int = 12) -> str:
+    """The class codes for a message: all of them, or the first ``limit`` and how many more."""
+    codes = list(label_set.codes)
+    if len(codes) <= limit:
+        return ", ".join(codes)
+    return f"{', '.join(codes[:limit])}, ... ({len(codes)} classes; `derma datasets` lists them)"
+
+
+def verify(raw: RawData, descriptor: "DatasetDescriptor", label_set: LabelSet | None = None,
+           official_split: bool = False) -> RawData:
+    """Check a reader's rows against ``label_set`` (the descriptor's by default), each other and
+    the image files; returns a new :class:`RawData` holding the usable rows and every problem.
+
+    * a label outside the set: fatal, naming the file and line (a label that differs from a
+      code only in case is read as that code);
+    * a blank image id: fatal; a blank group id: the image is its own group (a warning where
+      the dataset has a grouping);
+    * duplicate rows: identical ones are one row (a warning), conflicting ones fatal;
+    * a lesion with two labels: fatal (a patient may have lesions of several classes);
+    * a row without an image file, or with an empty one: skipped (a warning); an image without
+      a row: ignored (a warning);
+    * with ``official_split``: every row needs a split of train, val or test (fatal otherwise).
+    """
+    label_set = label_set or descriptor.label_set()
+    problems = list(raw.problems)
+    name, root = raw.metadata_path.name, raw.root
+    frame = raw.metadata.copy()
+    grouping = descriptor.grouping
+    group_column = descriptor.group_column or "group_id"
+    if not raw.images and not any(p.code == "no_images" for p in problems):
+        where = f"; expected: {descriptor.layout}" if descriptor.layout else ""
+        problems.append(Problem("no_images", str(root), "no .jpg or .png images found",
+                                f"put the dataset's images under the raw folder{where}", fatal=True))
+    missing = [c for c in CORE_COLUMNS if c not in frame.columns]
+    if missing:
+        if not any(p.fatal for p in problems):  # a reader that should have reported it
+            raise PrepError(f"error: dataset {descriptor.name}: its reader returned no {', '.join(missing)} "
+                            f"column(s) for {raw.metadata_path}; this is a bug in the reader")
+        return RawData(root, raw.metadata_path, pd.DataFrame(columns=list(CORE_COLUMNS), dtype=str), raw.images,
+                       problems, verified=True)
+    for col in frame.columns:
+        frame[col] = frame[col].astype(str).str.strip()
+    if LINE_COLUMN in frame.columns:
+        line = frame[LINE_COLUMN]
+    else:
+        line = pd.Series([str(k) for k in range(2, len(frame) + 2)], index=frame.index)
     keep = pd.Series(True, index=frame.index)
 
-    lower = frame["dx"].str.lower()
-    frame = frame.assign(dx=lower.where(lower.isin(LABELS), frame["dx"]))
-    for idx in frame.index[~frame["dx"].isin(LABELS)]:
-        problems.append(Problem("unknown_label", f"{name} line {line[idx]} ({frame.at[idx, 'image_id']})",
-                                f"unknown label {frame.at[idx, 'dx']!r}",
-                                f"use one of {', '.join(LABELS)} or remove the row", fatal=True))
+    def where(idx) -> str:
+        image_id = frame.at[idx, "image_id"]
+        return f"{name} line {line[idx]}" + (f" ({image_id})" if image_id else "")
+
+    # labels: a code, or a code in another case
+    by_lower: dict[str, str] = {}
+    for code in label_set.codes:
+        by_lower.setdefault(code.lower(), code)
+    known = frame["dx"].isin(label_set.codes)
+    frame.loc[~known, "dx"] = frame.loc[~known, "dx"].map(lambda v: by_lower.get(v.lower(), v))
+    for idx in frame.index[~frame["dx"].isin(label_set.codes)]:
+        value = frame.at[idx, "dx"]
+        problems.append(Problem("unknown_label", where(idx),
+                                f"unknown label {value!r}" if value else "empty label",
+                                f"use one of {codes_hint(label_set)} or remove the row", fatal=True))
         keep[idx] = False
 
-    for col in ("image_id",):
-        blank = frame[col] == ""
-        for idx in frame.index[blank]:
-            problems.append(Problem("blank_field", f"{name} line {line[idx]}", f"empty {col}",
-                                    f"fill in {col} or remove the row", fatal=True))
-            keep[idx] = False
-    blank_lesion = frame["lesion_id"] == ""
-    if blank_lesion.any():
-        for idx in frame.index[blank_lesion]:
-            problems.append(Problem("blank_field", f"{name} line {line[idx]} ({frame.at[idx, 'image_id']})",
-                                    "empty lesion_id", "the image is treated as its own lesion; fill in lesion_id "
-                                    "so images of one lesion stay in one split"))
-        frame = frame.assign(lesion_id=frame["lesion_id"].where(~blank_lesion, "lesion_of_" + frame["image_id"]))
+    for idx in frame.index[frame["image_id"] == ""]:
+        problems.append(Problem("blank_field", f"{name} line {line[idx]}", "empty image_id",
+                                "fill in image_id or remove the row", fatal=True))
+        keep[idx] = False
 
+    blank_group = frame["group_id"] == ""
+    if grouping is None:
+        frame["group_id"] = frame["image_id"]  # every image is its own group
+    elif blank_group.any():
+        for idx in frame.index[blank_group & (frame["image_id"] != "")]:
+            problems.append(Problem("blank_field", where(idx), f"empty {group_column}",
+                                    f"the image is treated as its own {grouping}; fill in {group_column} so images "
+                                    f"of one {grouping} stay in one split"))
+        frame["group_id"] = frame["group_id"].where(~blank_group, f"{grouping}_of_" + frame["image_id"])
+
+    if official_split:
+        if SPLIT_COLUMN not in frame.columns:
+            raise PrepError(f"error: dataset {descriptor.name}: its reader gave no official split (a 'split' "
+                            f"column) for {raw.metadata_path}; use --split grouped")
+        from .splits import SPLITS
+
+        bad_split = ~frame[SPLIT_COLUMN].isin(SPLITS)
+        for idx in frame.index[bad_split & keep]:
+            value = frame.at[idx, SPLIT_COLUMN]
+            problems.append(Problem("bad_split", where(idx),
+                                    f"official split {value!r} is not one of {', '.join(SPLITS)}",
+                                    "fix the split of this row, or prepare with --split grouped", fatal=True))
+            keep[idx] = False
+
+    compare = frame.drop(columns=[LINE_COLUMN], errors="ignore")
     dup = frame["image_id"].duplicated(keep=False) & (frame["image_id"] != "")
-    for image_id, group in frame[dup].groupby("image_id", sort=False):
+    for image_id, group in compare[dup].groupby("image_id", sort=False):
         lines = ", ".join(str(line[i]) for i in group.index)
         same = len(group.drop_duplicates()) == 1
+        what = f"{grouping}/label" if grouping else "label"
         problems.append(Problem("duplicate_row", f"{name} lines {lines}", f"image id {image_id} appears {len(group)} times"
                                 + ("" if same else " with different values"),
                                 "keep one row" + (" (identical rows: the first is used)" if same else
-                                                  " and decide which lesion/label is right"), fatal=not same))
+                                                  f" and decide which {what} is right"), fatal=not same))
         keep[group.index[1:]] = False
         if not same:
             keep[group.index[0]] = False
 
-    labels_per_lesion = frame[keep].groupby("lesion_id")["dx"].nunique()
-    for lesion_id in labels_per_lesion.index[labels_per_lesion > 1]:
-        rows = frame[keep & (frame["lesion_id"] == lesion_id)]
-        detail = ", ".join(f"line {line[i]} {rows.at[i, 'dx']}" for i in rows.index[:6])
-        problems.append(Problem("lesion_two_labels", f"{name} lesion {lesion_id}",
-                                f"one lesion carries {rows['dx'].nunique()} labels ({detail})",
-                                "correct the dx of its rows: all images of a lesion share one diagnosis", fatal=True))
+    if grouping == "lesion":  # a lesion has one diagnosis; a patient may have lesions of several
+        labels_per_group = frame[keep].groupby("group_id")["dx"].nunique()
+        for group_id in labels_per_group.index[labels_per_group > 1]:
+            rows = frame[keep & (frame["group_id"] == group_id)]
+            detail = ", ".join(f"line {line[i]} {rows.at[i, 'dx']}" for i in rows.index[:6])
+            problems.append(Problem("group_two_labels", f"{name} {grouping} {group_id}",
+                                    f"one {grouping} carries {rows['dx'].nunique()} labels ({detail})",
+                                    f"correct the labels of its rows: all images of a {grouping} share one diagnosis",
+                                    fatal=True))
 
     for idx in frame.index[keep]:
         image_id = frame.at[idx, "image_id"]
-        path = images.get(image_id)
+        path = raw.images.get(image_id)
         if path is None:
-            problems.append(Problem("missing_image", f"{name} line {line[idx]} ({image_id})",
-                                    f"no image file {image_id}.jpg under {root}",
+            problems.append(Problem("missing_image", where(idx), f"no image file {image_id}.jpg under {root}",
                                     "add the image or remove the row; the row is skipped"))
             keep[idx] = False
         elif path.stat().st_size == 0:
@@ -232,30 +369,21 @@ def verify_metadata(frame: pd.DataFrame, images: dict[str, Path], name: str,
             keep[idx] = False
 
     listed = set(frame["image_id"])
-    for image_id, path in images.items():
+    for image_id, path in raw.images.items():
         if image_id not in listed:
             problems.append(Problem("orphan_image", str(path), f"image {image_id} has no metadata row",
                                     "add a row for it or remove the file; it is ignored"))
-    for col in OPTIONAL_COLUMNS:
-        if col not in frame.columns:
-            frame[col] = ""
-    return frame[keep].reset_index(drop=True), problems
+    usable = frame[keep].drop(columns=[LINE_COLUMN], errors="ignore")
+    if not official_split:
+        usable = usable.drop(columns=[SPLIT_COLUMN], errors="ignore")
+    return RawData(root, raw.metadata_path, usable.reset_index(drop=True), raw.images, problems, verified=True)
 
 
-def scan_raw(root: str | os.PathLike, exclude: Path | None = None,
-             metadata: str | os.PathLike | None = None) -> RawData:
-    """Find, read and verify a raw folder (see the module docstring)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise PrepError(f"error: {root}: no such folder; pass the folder holding HAM10000_metadata.csv "
-                        "and the image folders (or run `derma download ham10000 --out DIR`)")
-    meta_path = Path(metadata) if metadata else find_metadata(root)
-    frame, problems = read_metadata(meta_path)
-    images, image_problems = find_images(root, exclude=exclude)
-    problems += image_problems
-    if not images:
-        problems.append(Problem("no_images", str(root), "no .jpg or .png images found",
-                                "unpack the image archives (HAM10000_images_part_1/ and _part_2/) here", fatal=True))
-    usable, row_problems = verify_metadata(frame, images, meta_path.name, root)
-    problems += row_problems
-    return RawData(root, meta_path, usable, images, problems)
+def metadata_columns(frame: pd.DataFrame) -> list[str]:
+    """The metadata columns of a reader's frame (everything but the core, split and line columns)."""
+    return [c for c in frame.columns if c not in CORE_COLUMNS + (SPLIT_COLUMN, LINE_COLUMN)]
+
+
+__all__ = ["PrepError", "Problem", "RawData", "excluding", "find_table", "find_metadata", "read_table",
+           "read_metadata", "find_images", "verify", "metadata_columns", "codes_hint", "REQUIRED_COLUMNS",
+           "OPTIONAL_COLUMNS", "CORE_COLUMNS"]

@@ -221,7 +221,7 @@ def resize_into_cache(cache_path: str | os.PathLike, jobs: Iterable[Job], size: 
     """Resize every job into the existing ``.npy`` file at ``cache_path`` using ``workers``
     processes; ``on_done`` is called with each finished chunk's results (for resumable
     bookkeeping). Returns (row, sha256, error) for every job."""
-    from tqdm.auto import tqdm
+    from ..progress import progress as tqdm  # tqdm on a terminal, whole lines in a log file
 
     jobs = list(jobs)
     workers = workers or default_workers()

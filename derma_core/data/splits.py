@@ -1,8 +1,10 @@
-"""Lesion-level splits: the original study's exact ``seed`` split and the ``grouped`` split.
+"""Group-level splits: the original study's exact ``seed`` split, the ``grouped`` split and a
+dataset's ``official`` split.
 
-Both keep every image of a lesion in one split (no lesion leaks between train, val and test).
-Frames have at least the columns ``lesion_id`` and ``dx``; functions return a Series of split
-names (``train``/``val``/``test``) aligned with the frame's index.
+All keep every image of a group (a lesion, a patient, or the image itself where a dataset has
+no grouping) in one split: no group leaks between train, val and test. Frames have at least the
+columns ``group_id`` (or the column named by ``group``) and ``dx``; functions return a Series of
+split names (``train``/``val``/``test``) aligned with the frame's index.
 """
 
 from __future__ import annotations
@@ -17,17 +19,18 @@ SEED_TEST_SIZE = 0.20
 SEED_VAL_SIZE = 0.1111
 
 
-def seed_split(meta: pd.DataFrame, seed: int = 42) -> pd.Series:
-    """The original study's split, bit for bit (SEED_FACTS): unique (lesion, dx) pairs in
-    metadata order, ``train_test_split`` stratified by dx twice with ``random_state=seed``."""
+def seed_split(meta: pd.DataFrame, seed: int = 42, group: str = "group_id") -> pd.Series:
+    """The original study's split of HAM10000, bit for bit (SEED_FACTS): unique (lesion, dx)
+    pairs in metadata order, ``train_test_split`` stratified by dx twice with
+    ``random_state=seed``. (``derma prep`` allows it on HAM10000's label set only.)"""
     from sklearn.model_selection import train_test_split
 
-    lesions = meta[["lesion_id", "dx"]].drop_duplicates()
+    lesions = meta[[group, "dx"]].drop_duplicates()
     train_val, test = train_test_split(lesions, test_size=SEED_TEST_SIZE, stratify=lesions.dx, random_state=seed)
     train, val = train_test_split(train_val, test_size=SEED_VAL_SIZE, stratify=train_val.dx, random_state=seed)
-    where = {**dict.fromkeys(train.lesion_id, "train"), **dict.fromkeys(val.lesion_id, "val"),
-             **dict.fromkeys(test.lesion_id, "test")}
-    return meta["lesion_id"].map(where).rename("split")
+    where = {**dict.fromkeys(train[group], "train"), **dict.fromkeys(val[group], "val"),
+             **dict.fromkeys(test[group], "test")}
+    return meta[group].map(where).rename("split")
 
 
 def _assign(sizes: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -65,58 +68,99 @@ def _assign(sizes: np.ndarray, targets: np.ndarray, rng: np.random.Generator) ->
     return out
 
 
-def grouped_split(meta: pd.DataFrame, ratios: tuple[float, float, float] = (0.7, 0.1, 0.2),
-                  seed: int = 42) -> pd.Series:
-    """A lesion-grouped split stratified by label, with every class in every split wherever the
-    class has at least three lesions.
-
-    ``ratios`` are the train/val/test shares of images. Since every lesion has exactly one label,
-    stratified group splitting reduces to assigning each class's lesions to splits separately;
-    doing that directly (rather than with sklearn's StratifiedGroupKFold, which only produces
-    1/K-sized folds and does not promise every class in every fold) gives any ratios exactly
-    enough and the every-class guarantee.
-    """
+def _ratios(ratios) -> np.ndarray:
     ratios_arr = np.asarray(ratios, dtype=float)
     if ratios_arr.shape != (3,) or (ratios_arr < 0).any() or ratios_arr.sum() <= 0:
         raise ValueError(f"split ratios must be three non-negative numbers (train, val, test), got {ratios}")
-    ratios_arr = ratios_arr / ratios_arr.sum()
-    return _grouped_bins(meta, ratios_arr, seed, list(SPLITS)).rename("split")
+    return ratios_arr / ratios_arr.sum()
 
 
-def grouped_folds(meta: pd.DataFrame, k: int, seed: int = 42) -> pd.Series:
-    """Assign each image to one of ``k`` lesion-grouped, label-stratified cross-validation folds
-    (0..k-1); every class is in every fold when it has at least ``k`` lesions."""
+def grouped_split(meta: pd.DataFrame, ratios: tuple[float, float, float] = (0.7, 0.1, 0.2),
+                  seed: int = 42, group: str = "group_id") -> pd.Series:
+    """A group-level split stratified by label, with every class in every split wherever the
+    class has at least three groups.
+
+    ``ratios`` are the train/val/test shares of images. Each group is stratified by its label
+    (a lesion has one; a patient counts as their commonest), so stratified group splitting
+    reduces to assigning each class's groups to splits separately; doing that directly (rather
+    than with sklearn's StratifiedGroupKFold, which only produces 1/K-sized folds and does not
+    promise every class in every fold) gives any ratios exactly enough and the every-class
+    guarantee.
+    """
+    return _grouped_bins(meta, _ratios(ratios), seed, list(SPLITS), group).rename("split")
+
+
+def grouped_folds(meta: pd.DataFrame, k: int, seed: int = 42, group: str = "group_id") -> pd.Series:
+    """Assign each image to one of ``k`` group-level, label-stratified cross-validation folds
+    (0..k-1); every class is in every fold when it has at least ``k`` groups."""
     if k < 2:
         raise ValueError(f"--folds must be at least 2, got {k}")
-    return _grouped_bins(meta, np.full(k, 1.0 / k), seed, list(range(k))).rename("fold")
+    return _grouped_bins(meta, np.full(k, 1.0 / k), seed, list(range(k)), group).rename("fold")
 
 
-def _grouped_bins(meta: pd.DataFrame, shares: np.ndarray, seed: int, names: list) -> pd.Series:
+def official_split(meta: pd.DataFrame, ratios: tuple[float, float, float] = (0.7, 0.1, 0.2), seed: int = 42,
+                   group: str = "group_id") -> pd.Series:
+    """A dataset's own split (its ``split`` column). Where it has no validation rows, val is
+    drawn from its train rows, grouped and stratified, at the share ``ratios`` give val
+    against train; its test rows stay as they are."""
+    split = meta["split"].astype(str).rename("split")
+    if (split == "val").any() or not (split == "train").any():
+        return split
+    r = _ratios(ratios)
+    if r[1] <= 0:
+        return split
+    train = meta[split == "train"]
+    carved = _grouped_bins(train, np.array([r[0], r[1]]) / (r[0] + r[1]), seed, ["train", "val"], group)
+    out = split.copy()
+    out.loc[train.index] = carved.to_numpy()
+    return out
+
+
+def _group_strata(meta: pd.DataFrame, group: str) -> pd.DataFrame:
+    """Per group (sorted by label, then group id): its label and its image count. A group whose
+    images carry several labels (a patient) is stratified by its commonest, ties by code."""
+    counts = meta.groupby([group, "dx"], sort=True).size().rename("n").reset_index()
+    sizes = counts.groupby(group)["n"].sum()
+    top = counts.sort_values([group, "n", "dx"], ascending=[True, False, True], kind="stable").drop_duplicates(group)
+    table = pd.DataFrame({"dx": top["dx"].to_numpy(), "size": sizes.loc[top[group]].to_numpy()},
+                         index=pd.Index(top[group].to_numpy(), name=group))
+    return table.sort_values(["dx"], kind="stable")
+
+
+def _grouped_bins(meta: pd.DataFrame, shares: np.ndarray, seed: int, names: list, group: str) -> pd.Series:
     rng = np.random.default_rng(seed)
-    lesion_sizes = meta.groupby(["dx", "lesion_id"], sort=True).size()
+    strata = _group_strata(meta, group)
     where: dict[str, object] = {}
-    for dx in sorted(lesion_sizes.index.get_level_values(0).unique()):
-        sizes = lesion_sizes.loc[dx]
+    for dx in sorted(strata["dx"].unique()):
+        sizes = strata.loc[strata["dx"] == dx, "size"]
         bins = _assign(sizes.to_numpy(), shares * sizes.sum(), rng)
         where.update(zip(sizes.index, (names[b] for b in bins)))
-    return meta["lesion_id"].map(where)
+    return meta[group].map(where)
 
 
-def check_no_leakage(meta: pd.DataFrame, assignment: pd.Series) -> None:
-    """Raise if any lesion has images in two splits (or folds)."""
-    per_lesion = pd.DataFrame({"lesion_id": meta["lesion_id"], "split": assignment}).groupby("lesion_id")["split"]
-    leaking = per_lesion.nunique()
+def check_no_leakage(meta: pd.DataFrame, assignment: pd.Series, group: str = "group_id") -> None:
+    """Raise if any group has images in two splits (or folds)."""
+    per_group = pd.DataFrame({"group": meta[group].to_numpy(), "split": np.asarray(assignment)}).groupby("group")["split"]
+    leaking = per_group.nunique()
     bad = leaking.index[leaking > 1]
     if len(bad):
-        raise AssertionError(f"{len(bad)} lesions are in two splits, e.g. {list(bad[:3])}")
+        raise AssertionError(f"{len(bad)} groups ({group}) are in two splits, e.g. {list(bad[:3])}")
 
 
-def counts_table(meta: pd.DataFrame, assignment: pd.Series, labels: tuple[str, ...]) -> dict:
-    """Images and lesions per split, and images per split and class (for the manifest)."""
-    frame = pd.DataFrame({"lesion_id": meta["lesion_id"], "dx": meta["dx"], "split": assignment})
+def leaking_groups(meta: pd.DataFrame, assignment: pd.Series, group: str = "group_id") -> list[str]:
+    """The groups with images in more than one split."""
+    per_group = pd.DataFrame({"group": meta[group].to_numpy(), "split": np.asarray(assignment)}).groupby("group")["split"]
+    leaking = per_group.nunique()
+    return [str(g) for g in leaking.index[leaking > 1]]
+
+
+def counts_table(meta: pd.DataFrame, assignment: pd.Series, labels, group: str = "group_id") -> dict:
+    """Images and groups per split, and images per split and class (for the manifest)."""
+    frame = pd.DataFrame({"group": meta[group].to_numpy(), "dx": meta["dx"].to_numpy(),
+                          "split": np.asarray(assignment)})
     out = {}
     for name, part in frame.groupby("split", sort=False):
         by_class = part["dx"].value_counts()
-        out[str(name)] = {"images": int(len(part)), "lesions": int(part["lesion_id"].nunique()),
+        out[str(name)] = {"images": int(len(part)), "groups": int(part["group"].nunique()),
                           "by_class": {c: int(by_class.get(c, 0)) for c in labels}}
     return out

@@ -7,7 +7,10 @@
 ``{"id", "image", "conversations": [{"from": "human", "value": "<image>\\n<prompt>"}, {"from": "gpt", "value": label}]}``.
 
 ``image`` is the file name relative to the prepared folder's ``images/``. Prompts come from the
-prompt-builder registry (``derma_core.plugins.get_prompt_builder``).
+prompt-builder registry (``derma_core.plugins.get_prompt_builder``), built for the prepared
+folder's label set (its manifest's); ``answer`` is a class code, ``answer_id`` its index in that
+label set and ``template_id`` ``lesion_<K>way_v1`` for K classes (the study's ``lesion_7way_v1``
+on HAM10000, whose files are byte for byte the study's).
 """
 
 from __future__ import annotations
@@ -18,23 +21,26 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..labels import LABEL_TO_INDEX, LABELS
+from ..answers import question_row, template_id
+from ..labels import LabelSet
+from .datasets.ham10000 import LABEL_SET as HAM10000
 from .prepare import atomic_write_text
 from .splits import SPLITS
 
-TEMPLATE_ID = "lesion_7way_v1"
+#: The study's template id, HAM10000's (``template_id(label_set)`` gives any dataset's).
+TEMPLATE_ID = template_id(HAM10000)
 FORMATS = ("model_vqa", "llava")
 
 
-def question_records(frame: pd.DataFrame, prompt: str) -> list[dict]:
+def question_records(frame: pd.DataFrame, prompt: str, label_set: LabelSet) -> list[dict]:
     """model_vqa question objects for a split table (keys in the original study's order)."""
-    return [{"question_id": str(i), "image": f"{i}.jpg", "text": prompt, "answer": str(label),
-             "answer_id": LABEL_TO_INDEX[str(label)], "template_id": TEMPLATE_ID}
+    return [question_row(str(i), f"{i}.jpg", prompt, str(label), label_set=label_set)
             for i, label in zip(frame["id"], frame["label"])]
 
 
 def conversation_records(frame: pd.DataFrame, prompt: str) -> list[dict]:
-    """LLaVA training conversations for a split table."""
+    """LLaVA training conversations for a split table (the answer is the class code, as the
+    LoRA backends train)."""
     return [{"id": str(i), "image": f"{i}.jpg",
              "conversations": [{"from": "human", "value": f"<image>\n{prompt}"}, {"from": "gpt", "value": str(label)}]}
             for i, label in zip(frame["id"], frame["label"])]
@@ -43,8 +49,10 @@ def conversation_records(frame: pd.DataFrame, prompt: str) -> list[dict]:
 def export_vqa(prepared: str | os.PathLike, prompt_name: str = "p1", split: str = "test", fmt: str = "model_vqa",
                out: str | os.PathLike | None = None) -> Path:
     """Write the ``fmt`` export of ``split`` (or ``all``) of a prepared folder; returns the file.
+    The prompt and the answers are the folder's label set's (its manifest's).
     Default file: ``PREPARED/vqa/{split}_{prompt}.jsonl`` (model_vqa) or ``llava_{split}_{prompt}.json``."""
     from ..plugins import get_prompt_builder
+    from .prepare import load_prepared
 
     prepared = Path(prepared)
     if fmt not in FORMATS:
@@ -52,20 +60,13 @@ def export_vqa(prepared: str | os.PathLike, prompt_name: str = "p1", split: str 
     names = list(SPLITS) if split == "all" else [split]
     if any(s not in SPLITS for s in names):
         raise ValueError(f"--split {split!r}: use one of {', '.join(SPLITS)}, all")
-    frames = []
-    for s in names:
-        path = prepared / "splits" / f"{s}.csv"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: --prepared must be a folder written by `derma prep`")
-        frames.append(pd.read_csv(path, dtype=str, keep_default_na=False))
-    frame = pd.concat(frames, ignore_index=True)
-    unknown = sorted(set(frame["label"]) - set(LABELS))
-    if unknown:
-        raise ValueError(f"{prepared}: unknown labels {unknown}; re-run `derma prep`")
-    prompt = get_prompt_builder(prompt_name)(LABELS)
+    builder = get_prompt_builder(prompt_name)  # an unknown prompt is refused before the data is read
+    dataset = load_prepared(prepared)
+    frame = pd.concat([dataset[s].frame for s in names], ignore_index=True)
+    prompt = builder(dataset.label_set)
     if fmt == "model_vqa":
         target = Path(out) if out else prepared / "vqa" / f"{split}_{prompt_name}.jsonl"
-        text = "".join(json.dumps(r) + "\n" for r in question_records(frame, prompt))
+        text = "".join(json.dumps(r) + "\n" for r in question_records(frame, prompt, dataset.label_set))
     else:
         target = Path(out) if out else prepared / "vqa" / f"llava_{split}_{prompt_name}.json"
         text = json.dumps(conversation_records(frame, prompt), indent=2) + "\n"

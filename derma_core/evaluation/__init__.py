@@ -3,7 +3,7 @@
 Registered through the same hooks as any plugin (``derma_core.evaluation`` is one of the core's
 default plugins). The code lives in the submodules: :mod:`.metrics` (scikit-learn point
 metrics), :mod:`.calibration` (reliability table, ECE, temperature / vector scaling),
-:mod:`.bootstrap` (lesion-level intervals and paired differences), :mod:`.subgroups`,
+:mod:`.bootstrap` (group-level intervals and paired differences), :mod:`.subgroups`,
 :mod:`.conformal`, :mod:`.selective`, :mod:`.figures` (matplotlib) and :mod:`.compare`.
 ``derma report`` lives in :mod:`derma_core.report` and is registered here.
 """
@@ -17,8 +17,8 @@ from .. import hookimpl
 def register_evaluators(register):
     from .evaluators import EVALUATORS
 
-    for name, evaluator in EVALUATORS.items():
-        register(name, evaluator)
+    for name, builtin in EVALUATORS.items():
+        register(name, builtin.evaluator, needs_reference=builtin.needs_reference)
 
 
 @hookimpl

@@ -10,25 +10,33 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import click
 import numpy as np
 import pandas as pd
 
-#: Metrics shown in the side-by-side table (when at least one run has them), in this order.
-SUMMARY_METRICS = (
-    "accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auroc",
-    "mel_sensitivity_at_spec80", "mel_sensitivity_at_spec90", "brier", "ece", "invalid_rate",
-)
+if TYPE_CHECKING:  # pragma: no cover
+    from ..labels import LabelSet
+
+#: Metrics shown first in the side-by-side table (when at least one run has them), in this order;
+#: then the focus class's and each grouping's metrics the runs have (:func:`summary_metrics`),
+#: then :data:`SUMMARY_TAIL`.
+SUMMARY_HEAD = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auroc")
+SUMMARY_TAIL = ("brier", "ece", "invalid_rate")
 #: Metrics for which lower is better (sorting).
 LOWER_IS_BETTER = {"brier", "ece", "invalid_rate", "invalid_count"}
-TAG_PLUGIN = "derma.plugin"  # the same string as tracking.TAG_PLUGIN; kept here so importing is cheap
+TAG_PLUGIN = "derma.plugin"  # the same strings as tracking.TAG_*; kept here so importing is cheap
 TAG_DIGEST = "derma.dataset_digest"
+TAG_DATASET = "derma.dataset"
+TAG_LABEL_SET = "derma.label_set"
+#: Metric families that repeat a grouping's or class's metric per subgroup / method: not summary metrics.
+_NOT_SUMMARY = ("subgroup_", "conformal_", "calibrated_", "selective_")
 
 
 class PairingError(ValueError):
@@ -70,14 +78,17 @@ def curated_param_names() -> list[str]:
 
 
 def runs_frame(records: Sequence[RunRecord], split: str = "test") -> pd.DataFrame:
-    """One row per run: run_id, run_name, plugin, status, every curated param, and every
-    ``<split>_*`` metric of any run without its split prefix (``macro_f1``, ``macro_f1_ci_low``...)."""
+    """One row per run: run_id, run_name, plugin, status, dataset and classes (its
+    ``derma.dataset`` and ``derma.label_set`` tags; None for runs logged before them), every
+    curated param, and every ``<split>_*`` metric of any run without its split prefix
+    (``macro_f1``, ``macro_f1_ci_low``...)."""
     prefix = f"{split}_"
     param_names = curated_param_names()
     rows = []
     for rec in records:
         row: dict[str, Any] = {"run_id": rec.run_id, "run_name": rec.run_name, "plugin": rec.plugin,
-                               "status": rec.status}
+                               "status": rec.status, "dataset": rec.tags.get(TAG_DATASET),
+                               "classes": rec.tags.get(TAG_LABEL_SET)}
         for name in param_names:
             row[name] = rec.params.get(name)
         for key, value in rec.metrics.items():
@@ -88,6 +99,24 @@ def runs_frame(records: Sequence[RunRecord], split: str = "test") -> pd.DataFram
     # Params no run has are noise.
     empty = [c for c in param_names if c in frame and frame[c].isna().all()]
     return frame.drop(columns=empty)
+
+
+def summary_metrics(columns: Iterable[str]) -> list[str]:
+    """The side-by-side metrics among ``columns`` (unprefixed metric names of some runs):
+    :data:`SUMMARY_HEAD`, the focus class's sensitivity at fixed specificity
+    (``mel_sensitivity_at_spec80`` ...), each grouping's sensitivity, specificity and AUROC
+    (``malignancy_sensitivity`` ...), then :data:`SUMMARY_TAIL`.
+
+    Groupings are recognised by their ``<grouping>_sensitivity`` and ``<grouping>_specificity``
+    pair, the focus class by ``<code>_sensitivity_at_spec<NN>`` for a code that is no grouping;
+    the names come from the runs' own label sets, whatever they are."""
+    cols = [c for c in dict.fromkeys(columns) if isinstance(c, str) and not c.startswith(_NOT_SUMMARY)]
+    present = set(cols)
+    groupings = sorted(c[: -len("_specificity")] for c in cols
+                       if c.endswith("_specificity") and f"{c[: -len('_specificity')]}_sensitivity" in present)
+    focus = sorted(c for c in cols if (m := re.fullmatch(r"(.+)_sensitivity_at_spec\d+", c)) and m.group(1) not in groupings)
+    grouped = [f"{g}_{m}" for g in groupings for m in ("sensitivity", "specificity", "auroc")]
+    return [m for m in (*SUMMARY_HEAD, *focus, *grouped, *SUMMARY_TAIL) if m in present]
 
 
 def key_params(frame: pd.DataFrame) -> list[str]:
@@ -124,18 +153,33 @@ def sort_runs(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     return frame.sort_values(metric, ascending=metric in LOWER_IS_BETTER, na_position="last", kind="stable")
 
 
-def display_table(frame: pd.DataFrame, metrics: Iterable[str] = SUMMARY_METRICS) -> pd.DataFrame:
-    """The side-by-side table as strings: run, plugin, differing key params, metrics with intervals."""
+#: The columns of :func:`runs_frame` that are not metrics.
+INFO_COLUMNS = ("run_id", "run_name", "plugin", "status", "dataset", "classes")
+
+
+def display_table(frame: pd.DataFrame, metrics: Iterable[str] | None = None) -> pd.DataFrame:
+    """The side-by-side table as strings: run, plugin, differing key params, metrics with
+    intervals (default :func:`summary_metrics`); a ``classes`` column (how many) when the runs
+    were evaluated on different label sets."""
+    metrics = summary_metrics(frame.columns) if metrics is None else metrics
     shown = [m for m in metrics if m in frame.columns and frame[m].notna().any()]
     params = key_params(frame)
     out = pd.DataFrame({"run": [_run_label(r) for _, r in frame.iterrows()], "plugin": frame["plugin"].astype(str)})
     if (frame["status"] != "FINISHED").any():
         out["status"] = frame["status"].astype(str)
+    if "classes" in frame and frame["classes"].dropna().astype(str).nunique() > 1:
+        out["classes"] = [_n_classes(v) for v in frame["classes"]]
     for p in params:
         out[p] = [_fmt(v) for v in frame[p]]
     for m in shown:
         out[m] = [metric_cell(r, m) for _, r in frame.iterrows()]
     return out.reset_index(drop=True)
+
+
+def _n_classes(codes: Any) -> str:
+    if codes is None or (isinstance(codes, float) and math.isnan(codes)) or codes == "":
+        return "-"
+    return str(len(str(codes).split(",")))
 
 
 def _run_label(row: pd.Series) -> str:
@@ -164,18 +208,70 @@ def render_markdown(table: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
-# -- paired comparison -----------------------------------------------------------------------
-def align_predictions(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str] = ("A", "B")) -> pd.DataFrame:
-    """Join two predictions tables (``id, lesion_id, label, predicted``) image by image.
+# -- label sets of logged runs ------------------------------------------------------------------
+def table_label_set(frame: pd.DataFrame) -> "LabelSet":
+    """The label set of a predictions table of a run that recorded none (logged before
+    ``label_set.json``): HAM10000's when its ``prob_<code>`` columns are HAM10000's codes, or
+    (without them) when every label fits HAM10000's (the only dataset derma knew then); else
+    the ``prob_`` columns' codes, or the distinct labels of the table, sorted."""
+    from ..data.datasets.ham10000 import LABEL_SET as HAM10000
+    from ..labels import LabelSet
 
-    Returns ``id, lesion_id, label, pred_a, pred_b`` in A's row order. Raises
+    probs = tuple(c[len("prob_"):] for c in frame.columns if str(c).startswith("prob_"))
+    if probs:
+        return HAM10000 if probs == HAM10000.codes else LabelSet(codes=probs)
+    seen = {str(v) for col in ("label", "predicted") if col in frame.columns for v in frame[col] if str(v) != ""}
+    if seen <= set(HAM10000.codes):
+        return HAM10000
+    if len(seen) < 2:
+        raise ValueError(f"cannot tell the classes of a predictions table with only the labels {sorted(seen)} "
+                         "and no label_set.json")
+    return LabelSet(codes=tuple(sorted(seen)))
+
+
+def describe_classes(label_set: "LabelSet", limit: int = 8) -> str:
+    """``akiec, bcc, ... (7 classes)``: a label set in one short line."""
+    codes = list(label_set.codes)
+    shown = ", ".join(codes[:limit]) + (", ..." if len(codes) > limit else "")
+    return f"{shown} ({len(codes)} classes)"
+
+
+def group_unit(facts: dict | None) -> str:
+    """What a dataset's groups are, for text: ``lesions``, ``patients``, ``images`` (no grouping),
+    from a run's ``dataset.json``; ``lesions`` for runs logged before it recorded facts (HAM10000)."""
+    if not facts:
+        return "groups"
+    inner = facts.get("facts")
+    if not isinstance(inner, dict):
+        return "lesions"
+    grouping = inner.get("grouping")
+    return f"{grouping}s" if grouping else "images"
+
+
+# -- paired comparison -----------------------------------------------------------------------
+#: The predictions table's group column; ``lesion_id`` in tables logged before datasets had descriptors.
+GROUP_COLUMNS = ("group_id", "lesion_id")
+
+
+def _group_column(df: pd.DataFrame) -> str | None:
+    return next((c for c in GROUP_COLUMNS if c in df.columns), None)
+
+
+def align_predictions(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str] = ("A", "B")) -> pd.DataFrame:
+    """Join two predictions tables (``id, group_id, label, predicted``; ``lesion_id`` in older
+    tables) image by image.
+
+    Returns ``id, group_id, label, pred_a, pred_b`` in A's row order. Raises
     :class:`PairingError` when the runs were not evaluated on the same images, or when the same
-    image carries a different true label or lesion in the two runs.
+    image carries a different true label or group in the two runs.
     """
+    groups = []
     for name, df in zip(names, (a, b)):
-        missing = [c for c in ("id", "lesion_id", "label", "predicted") if c not in df.columns]
+        group = _group_column(df)
+        missing = [c for c in ("id", "label", "predicted") if c not in df.columns] + ([] if group else ["group_id"])
         if missing:
             raise PairingError(f"predictions table of {name} lacks columns {missing}; was it written by derma run?")
+        groups.append(group)
         dup = df["id"].astype(str).duplicated()
         if dup.any():
             raise PairingError(f"predictions table of {name} repeats image id {df['id'][dup].iloc[0]!r}")
@@ -186,9 +282,10 @@ def align_predictions(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str] =
             f"no paired comparison: {names[0]} and {names[1]} were evaluated on different images "
             f"({len(ids_a)} vs {len(ids_b)} ids; {len(only_a)} only in {names[0]}, e.g. {only_a[:3]}; "
             f"{len(only_b)} only in {names[1]}, e.g. {only_b[:3]}). Compare runs on the same test split.")
-    left = a[["id", "lesion_id", "label", "predicted"]].astype(str)
-    right = b[["id", "lesion_id", "label", "predicted"]].astype(str).set_index("id").loc[left["id"]]
-    for col in ("label", "lesion_id"):
+    cols = ["id", "group_id", "label", "predicted"]
+    left = a.rename(columns={groups[0]: "group_id"})[cols].astype(str)
+    right = b.rename(columns={groups[1]: "group_id"})[cols].astype(str).set_index("id").loc[left["id"]]
+    for col in ("label", "group_id"):
         diff = left[col].to_numpy() != right[col].to_numpy()
         if diff.any():
             i = int(np.flatnonzero(diff)[0])
@@ -196,7 +293,7 @@ def align_predictions(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str] =
                 f"no paired comparison: image {left['id'].iloc[i]!r} has {col} {left[col].iloc[i]!r} in "
                 f"{names[0]} but {right[col].iloc[i]!r} in {names[1]} ({int(diff.sum())} such images): "
                 "not the same test set")
-    return pd.DataFrame({"id": left["id"].to_numpy(), "lesion_id": left["lesion_id"].to_numpy(),
+    return pd.DataFrame({"id": left["id"].to_numpy(), "group_id": left["group_id"].to_numpy(),
                          "label": left["label"].to_numpy(), "pred_a": left["predicted"].to_numpy(),
                          "pred_b": right["predicted"].to_numpy()})
 
@@ -240,48 +337,71 @@ def mcnemar_test(correct_a: np.ndarray, correct_b: np.ndarray) -> McNemarResult:
 
 @dataclass
 class PairedComparison:
-    """Run A vs run B on the same images."""
+    """Run A vs run B on the same images (and the same classes)."""
 
     a: str
     b: str
     n_images: int
-    n_lesions: int
+    n_groups: int
     confidence: float
     n_resamples: int
     differences: dict[str, Any]  # metric -> bootstrap.PairedDifference
     mcnemar: McNemarResult
+    #: What the groups are (``lesions``, ``patients``, ``images``), for the text.
+    unit: str = "groups"
+    #: The classes both runs were evaluated on.
+    classes: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"a": self.a, "b": self.b, "n_images": self.n_images, "n_lesions": self.n_lesions,
-                "confidence": self.confidence, "bootstrap_resamples": self.n_resamples,
+        return {"a": self.a, "b": self.b, "n_images": self.n_images, "n_groups": self.n_groups, "unit": self.unit,
+                "classes": list(self.classes), "confidence": self.confidence, "bootstrap_resamples": self.n_resamples,
                 "differences": {m: asdict(d) for m, d in self.differences.items()},
                 "mcnemar": asdict(self.mcnemar)}
 
 
 def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str] = ("A", "B"),
-                      n_resamples: int = 1000, confidence: float = 0.95, seed: int = 42) -> PairedComparison:
-    """Bootstrap the difference A - B in macro-F1, balanced accuracy and accuracy (the same
-    lesions resampled for both runs) and run McNemar's test on per-image correctness."""
-    from .bootstrap import paired_bootstrap
-    from .metrics import encode_labels
+                      n_resamples: int = 1000, confidence: float = 0.95, seed: int = 42, *,
+                      label_sets: "tuple[LabelSet | None, LabelSet | None]" = (None, None),
+                      unit: str = "groups") -> PairedComparison:
+    """Bootstrap the difference A - B in macro-F1, balanced accuracy and accuracy (and each
+    grouping's sensitivity, specificity and balanced accuracy), the same groups (lesions /
+    patients) resampled for both runs, and run McNemar's test on per-image correctness.
 
+    ``label_sets`` are the runs' recorded label sets (None: :func:`table_label_set` of its
+    table). Runs over different classes, or on different images, raise :class:`PairingError`.
+    """
+    from .bootstrap import paired_bootstrap
+    from .metrics import group_targets
+
+    la = label_sets[0] or table_label_set(a)
+    lb = label_sets[1] or table_label_set(b)
+    if not la.same_classes(lb):
+        raise PairingError(f"no paired comparison: {names[0]} was evaluated on the classes {describe_classes(la)} "
+                           f"but {names[1]} on {describe_classes(lb)}; paired tests need runs over the same classes")
     joined = align_predictions(a, b, names)
-    y_true = encode_labels(joined["label"].tolist(), "true label")
-    if (y_true < 0).any():
-        raise PairingError("a predictions table has an empty true label")
-    pred_a = encode_labels(joined["pred_a"].tolist(), f"predicted label of {names[0]}")
-    pred_b = encode_labels(joined["pred_b"].tolist(), f"predicted label of {names[1]}")
-    diffs = paired_bootstrap(y_true, pred_a, pred_b, joined["lesion_id"].to_numpy(), n_resamples, confidence, seed)
+    try:
+        y_true = la.encode(joined["label"].tolist(), "true label", allow_invalid=False)
+        pred_a = la.encode(joined["pred_a"].tolist(), f"predicted label of {names[0]}")
+        pred_b = la.encode(joined["pred_b"].tolist(), f"predicted label of {names[1]}")
+    except ValueError as exc:
+        raise PairingError(f"no paired comparison: {exc}") from None
+    same_groupings = la.groupings == lb.groupings and la.positive == lb.positive
+    targets = group_targets(la) if same_groupings else []
+    diffs = paired_bootstrap(y_true, pred_a, pred_b, joined["group_id"].to_numpy(), len(la), n_resamples,
+                             confidence, seed, targets)
     test = mcnemar_test(pred_a == y_true, pred_b == y_true)
-    return PairedComparison(names[0], names[1], len(joined), int(joined["lesion_id"].nunique()), confidence,
-                            n_resamples, diffs, test)
+    return PairedComparison(names[0], names[1], len(joined), int(joined["group_id"].nunique()), confidence,
+                            n_resamples, diffs, test, unit, la.codes)
 
 
 def paired_table(result: PairedComparison) -> pd.DataFrame:
-    """The paired differences as a small display table."""
+    """The paired differences as a small display table (macro-F1, balanced accuracy, accuracy,
+    then the grouped metrics)."""
     pct = f"{result.confidence:.0%}"
+    first = ("macro_f1", "balanced_accuracy", "accuracy")
+    order = [m for m in first if m in result.differences] + [m for m in result.differences if m not in first]
     rows = []
-    for m in ("macro_f1", "balanced_accuracy", "accuracy"):
+    for m in order:
         d = result.differences[m]
         ci = "-" if math.isnan(d.ci_low) else f"[{d.ci_low:+.3f}, {d.ci_high:+.3f}]"
         if math.isnan(d.ci_low):
@@ -292,20 +412,21 @@ def paired_table(result: PairedComparison) -> pd.DataFrame:
             verdict = "B better"
         else:
             verdict = "no clear difference"
-        rows.append({"metric": m, "A": f"{d.a:.3f}", "B": f"{d.b:.3f}", "A - B": f"{d.diff:+.3f}",
+        rows.append({"metric": m, "A": _fmt(d.a), "B": _fmt(d.b), "A - B": "-" if math.isnan(d.diff) else f"{d.diff:+.3f}",
                      f"{pct} CI": ci, "verdict": verdict})
     return pd.DataFrame(rows)
 
 
 def paired_text(result: PairedComparison, markdown: bool = False) -> str:
     mc = result.mcnemar
-    head = (f"Paired comparison on {result.n_images} images ({result.n_lesions} lesions), "
-            f"A = {result.a}, B = {result.b}; intervals from {result.n_resamples} lesion-level bootstrap resamples:")
+    head = (f"Paired comparison on {result.n_images} images ({result.n_groups} {result.unit}), "
+            f"A = {result.a}, B = {result.b}; intervals from {result.n_resamples} bootstrap resamples of "
+            f"the {result.unit}:")
     table = paired_table(result)
     body = render_markdown(table) if markdown else render_text(table)
     tail = (f"McNemar's test on per-image correctness: A right & B wrong {mc.a_only}, A wrong & B right "
             f"{mc.b_only}; exact p = {mc.p_value:.3g} (chi2 with continuity correction {mc.chi2:.2f}, "
-            f"p = {mc.p_value_chi2:.3g}). It treats images as independent; the bootstrap accounts for lesions.")
+            f"p = {mc.p_value_chi2:.3g}). It treats images as independent; the bootstrap resamples whole {result.unit}.")
     return "\n\n".join([head, body, tail]) if markdown else "\n".join([head, body, tail])
 
 
@@ -374,6 +495,28 @@ def load_records(run_ids: Sequence[str], experiment: str | None, uri: str | None
     return kept, notes
 
 
+def check_same_classes_tags(a: RunRecord, b: RunRecord) -> None:
+    """A :class:`PairingError` when both runs' ``derma.label_set`` tags are set and differ
+    (before any predictions table is downloaded)."""
+    ta, tb = a.tags.get(TAG_LABEL_SET), b.tags.get(TAG_LABEL_SET)
+    if ta and tb and ta != tb:
+        from ..labels import LabelSet
+
+        la, lb = (LabelSet(codes=tuple(t.split(","))) for t in (ta, tb))
+        raise PairingError(f"no paired comparison: {a.label} was evaluated on the classes {describe_classes(la)} "
+                           f"but {b.label} on {describe_classes(lb)}; paired tests need runs over the same classes")
+
+
+def load_pair_inputs(record: RunRecord, uri: str | None, split: str) -> tuple[pd.DataFrame, "LabelSet", str]:
+    """A run's predictions table on ``split``, its label set (``label_set.json``, else
+    :func:`table_label_set`) and what its groups are (:func:`group_unit`)."""
+    from .. import tracking
+
+    table = tracking.load_run_table(record.run_id, predictions_artifact(split), uri)
+    label_set = tracking.load_run_label_set(record.run_id, uri) or table_label_set(table)
+    return table, label_set, group_unit(tracking.load_run_dict(record.run_id, "dataset.json", uri))
+
+
 @click.command("compare")
 @click.argument("run_ids", nargs=-1)
 @click.option("--experiment", "-e", help="Compare every finished run of this MLflow experiment.")
@@ -409,7 +552,7 @@ def compare_command(run_ids, experiment, tracking_uri, fmt, plot_path, metric, s
     frame = runs_frame(records, split)
     if metric not in frame.columns:
         available = sorted(c for c in frame.columns if not c.endswith(("_ci_low", "_ci_high"))
-                           and c not in ("run_id", "run_name", "plugin", "status") and c not in curated_param_names())
+                           and c not in INFO_COLUMNS and c not in curated_param_names())
         _fail(f"no run has metric {split}_{metric}; available: {', '.join(available) or 'none'}", 2)
     if experiment:
         frame = sort_runs(frame, metric)
@@ -428,8 +571,10 @@ def compare_command(run_ids, experiment, tracking_uri, fmt, plot_path, metric, s
     if want:
         a, b = records
         try:
-            tables = [tracking.load_run_table(r.run_id, predictions_artifact(split), tracking_uri) for r in (a, b)]
-            pair = paired_comparison(tables[0], tables[1], (a.label, b.label), n_resamples, confidence, seed)
+            check_same_classes_tags(a, b)
+            inputs = [load_pair_inputs(r, tracking_uri, split) for r in (a, b)]
+            pair = paired_comparison(inputs[0][0], inputs[1][0], (a.label, b.label), n_resamples, confidence, seed,
+                                     label_sets=(inputs[0][1], inputs[1][1]), unit=inputs[0][2])
             if a.tags.get(TAG_DIGEST) and b.tags.get(TAG_DIGEST) and a.tags[TAG_DIGEST] != b.tags[TAG_DIGEST]:
                 notes.append("the two runs' dataset digests differ although their test images match")
         except (PairingError, LookupError, ValueError) as exc:
@@ -462,7 +607,7 @@ def compare_command(run_ids, experiment, tracking_uri, fmt, plot_path, metric, s
         if pair is not None:
             notes.append("the paired comparison is shown by --format table, markdown or json")
     else:
-        table = display_table(frame, _metric_order(metric))
+        table = display_table(frame, _metric_order(metric, frame.columns))
         markdown = fmt == "markdown"
         click.echo(render_markdown(table) if markdown else render_text(table))
         if pair is not None:
@@ -477,5 +622,6 @@ def compare_command(run_ids, experiment, tracking_uri, fmt, plot_path, metric, s
         click.echo(f"note: {pair_note}", err=True)
 
 
-def _metric_order(metric: str) -> list[str]:
-    return list(SUMMARY_METRICS) if metric in SUMMARY_METRICS else [metric, *SUMMARY_METRICS]
+def _metric_order(metric: str, columns: Iterable[str]) -> list[str]:
+    summary = summary_metrics(columns)
+    return summary if metric in summary else [metric, *summary]

@@ -1,48 +1,53 @@
-"""The built-in evaluators: ``evaluator(split, predictions, config) -> EvalResult``.
+"""The built-in evaluators: ``evaluator(inputs: EvalInput) -> EvalResult``.
 
-Metric names carry no split prefix (the runner adds ``test_`` / ``val_``).
+Every evaluator receives one :class:`~derma_core.interfaces.EvalInput`: the evaluated split,
+the predictions aligned to it, the run config, the dataset's descriptor (label set, grouping,
+subgroup columns) and, for evaluators registered with ``needs_reference=True``, the
+calibration split with its predictions (``inputs.reference``, or None). Nothing here assumes
+a particular label set: class names, the focus class and the groupings come from
+``inputs.label_set``. Metric names carry no split prefix (the runner adds ``test_`` / ``val_``).
 
 * ``classification`` — always: accuracy, balanced accuracy, macro-/weighted-F1, per-class
-  precision/recall/F1/support, lesion-level bootstrap intervals, confusion matrices.
+  precision/recall/F1/support, each grouping's sensitivity / specificity / balanced accuracy
+  (``malignancy_sensitivity``), group-level (lesion / patient) bootstrap intervals, confusion
+  matrices and per-class bars.
 * ``probabilistic`` — when ``predictions.probabilities`` is set: AUROC, average precision,
-  Brier score, ECE, melanoma sensitivity at fixed specificity, ROC and reliability figures.
+  Brier score, ECE, the focus class's sensitivity at fixed specificity
+  (``mel_sensitivity_at_spec80`` on HAM10000), each grouping's AUROC and sensitivity at fixed
+  specificity, ROC and reliability figures.
 * ``validity`` — when answers can be invalid (``predictions.raw_text`` is set, i.e. a
   free-text backend, or any label is None): invalid-answer rate and answer distribution.
-* ``subgroups`` — when the split frame has metadata (sex, localization, dx_type, age): metrics
-  per group with lesion-level intervals, worst group and largest gap (:mod:`.subgroups`).
+* ``subgroups`` — when the split frame has values for the dataset's subgroup columns (or
+  ``evaluation.subgroups.columns``): metrics per group with group-level intervals, worst group
+  and largest gap (:mod:`.subgroups`).
 * ``selective`` — with probabilities: risk-coverage curve, AURC, accuracy when a share is referred.
-* ``calibration`` — with probabilities: classwise ECE and NLL; with val predictions (the
-  runner's :class:`Reference`) also temperature (or vector) scaling fitted on val, applied to
-  the evaluated split, and ECE / classwise ECE / Brier / NLL after it.
-* ``conformal`` — with probabilities and val predictions: split-conformal LAC and APS sets at
-  ``evaluation.conformal.alpha``, coverage overall, per class and per subgroup, set sizes.
+* ``calibration`` (needs the reference) — with probabilities: classwise ECE and NLL; with the
+  calibration split's predictions also temperature (or vector) scaling fitted on them, applied
+  to the evaluated split, and ECE / classwise ECE / Brier / NLL after it.
+* ``conformal`` (needs the reference) — with probabilities and the calibration split's
+  predictions: split-conformal LAC and APS sets, marginal and class-conditional
+  (``lac_classwise``, ``aps_classwise``), at ``evaluation.conformal.alpha``; coverage overall,
+  per class (with intervals, flagged below target) and per subgroup, set sizes.
 
-Evaluators that set ``uses_reference = True`` are called with ``reference=`` (the calibration
-split and its predictions, or None); the runner only predicts val when one of them wants it.
+The reference is the calibration split: images of val that neither training nor model
+selection saw (:mod:`derma_core.data.calibration_split`). :data:`EVALUATORS` maps each name to
+``(evaluator, needs_reference)``; the runner only predicts the calibration split when
+:func:`wants_reference` says a selected evaluator will use it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from ..config import get_dotted
-from ..interfaces import EvalResult, Predictions, Split
-from ..labels import LABELS
+from ..interfaces import EvalInput, EvalReference, EvalResult, Predictions, Split
+from ..labels import INVALID
 from . import calibration, conformal, figures, metrics, selective, subgroups
 from .bootstrap import bootstrap_ci
-
-
-@dataclass
-class Reference:
-    """The calibration data handed to evaluators that fit on val: the val split and the
-    classifier's predictions on it (never the evaluated split)."""
-
-    split: Split
-    predictions: Predictions
 
 
 @dataclass
@@ -50,12 +55,6 @@ class EvalResultWithParams(EvalResult):
     """An EvalResult that also carries run params (e.g. the fitted temperature)."""
 
     params: dict[str, Any] = field(default_factory=dict)
-
-
-def _aligned(split: Split, predictions: Predictions) -> Predictions:
-    if list(predictions.ids) == split.ids:
-        return predictions
-    return predictions.aligned_to(split)
 
 
 def bootstrap_settings(config: dict) -> tuple[int, float, int]:
@@ -75,34 +74,44 @@ def can_be_invalid(predictions: Predictions) -> bool:
     return predictions.raw_text is not None or any(label is None for label in predictions.labels)
 
 
-def classification_evaluator(split: Split, predictions: Predictions, config: dict) -> EvalResult:
-    predictions = _aligned(split, predictions)
-    y_true, y_pred = split.y, predictions.y_pred
+def _probabilities(inputs: EvalInput) -> np.ndarray | None:
+    p = inputs.predictions.probabilities
+    return None if p is None else metrics.check_probabilities(p, len(inputs.split), len(inputs.label_set))
+
+
+def classification_evaluator(inputs: EvalInput) -> EvalResult:
+    label_set = inputs.label_set
+    k = len(label_set)
+    y_true, y_pred = inputs.y_true, inputs.y_pred
+    targets = metrics.group_targets(label_set)
     result = EvalResult()
-    result.metrics.update(metrics.classification_metrics(y_true, y_pred))
-    report = metrics.per_class_report(y_true, y_pred)
+    result.metrics.update(metrics.classification_metrics(y_true, y_pred, k))
+    result.metrics.update(metrics.grouped_label_metrics(y_true, y_pred, k, targets))
+    report = metrics.per_class_report(y_true, y_pred, label_set)
     result.metrics.update(metrics.per_class_metrics(report))
-    n_boot, confidence, seed = bootstrap_settings(config)
-    for name, (low, high) in bootstrap_ci(y_true, y_pred, split.lesion_ids, n_boot, confidence, seed).items():
+    n_boot, confidence, seed = bootstrap_settings(inputs.config)
+    for name, (low, high) in bootstrap_ci(y_true, y_pred, inputs.groups, k, n_boot, confidence, seed,
+                                          targets).items():
         result.metrics[f"{name}_ci_low"] = low
         result.metrics[f"{name}_ci_high"] = high
     result.tables["per_class"] = report
-    result.tables["confusion_matrix"] = metrics.confusion_counts(y_true, y_pred, include_invalid=can_be_invalid(predictions))
-    cm = metrics.valid_confusion_matrix(y_true, y_pred)
-    result.figures["confusion_matrix"] = figures.confusion_matrix_figure(cm, normalize=False, n_total=len(y_true))
-    result.figures["confusion_matrix_normalized"] = figures.confusion_matrix_figure(cm, normalize=True,
-                                                                                    n_total=len(y_true))
+    result.tables["confusion_matrix"] = metrics.confusion_counts(
+        y_true, y_pred, label_set, include_invalid=can_be_invalid(inputs.predictions))
+    cm = metrics.valid_confusion_matrix(y_true, y_pred, k)
+    for name, normalize in (("confusion_matrix", False), ("confusion_matrix_normalized", True)):
+        result.figures[name] = figures.confusion_matrix_figure(cm, label_set.codes, normalize=normalize,
+                                                               n_total=len(y_true))
+    result.figures["per_class"] = figures.per_class_figure(report)
     return result
 
 
-def probabilistic_evaluator(split: Split, predictions: Predictions, config: dict) -> EvalResult:
-    if predictions.probabilities is None:
+def probabilistic_evaluator(inputs: EvalInput) -> EvalResult:
+    probs = _probabilities(inputs)
+    if probs is None:
         return EvalResult()
-    predictions = _aligned(split, predictions)
-    y_true = split.y
-    probs = metrics.check_probabilities(predictions.probabilities, len(y_true))
+    label_set, y_true = inputs.label_set, inputs.y_true
     result = EvalResult()
-    values, per_class = metrics.probability_metrics(y_true, probs)
+    values, per_class = metrics.probability_metrics(y_true, probs, label_set)
     result.metrics.update(values)
     table = calibration.reliability_table(y_true, probs)
     ece = calibration.expected_calibration_error(table)
@@ -110,32 +119,31 @@ def probabilistic_evaluator(split: Split, predictions: Predictions, config: dict
     result.tables["probability_per_class"] = per_class
     result.tables["reliability"] = table
     result.figures["reliability_diagram"] = figures.reliability_figure(table, ece)
-    mel_points = {spec: values[f"mel_sensitivity_at_spec{round(spec * 100)}"] for spec in metrics.MEL_SPECIFICITIES}
-    result.figures["roc_curves"] = figures.roc_figure(y_true, probs, mel_points)
+    focus_points = {spec: values[name] for spec, name in metrics.focus_metric_names(label_set).items()}
+    result.figures["roc_curves"] = figures.roc_figure(y_true, probs, label_set, focus_points)
     return result
 
 
-def validity_evaluator(split: Split, predictions: Predictions, config: dict) -> EvalResult:
-    if not can_be_invalid(predictions):
+def validity_evaluator(inputs: EvalInput) -> EvalResult:
+    if not can_be_invalid(inputs.predictions):
         return EvalResult()
-    predictions = _aligned(split, predictions)
-    y_pred = predictions.y_pred
+    y_pred = inputs.y_pred
     result = EvalResult()
     result.metrics["invalid_rate"] = metrics.invalid_rate(y_pred)
-    result.metrics["invalid_count"] = float(np.sum(y_pred == metrics.INVALID))
-    result.tables["answer_distribution"] = metrics.answer_distribution(split.y, y_pred)
+    result.metrics["invalid_count"] = float(np.sum(y_pred == INVALID))
+    result.tables["answer_distribution"] = metrics.answer_distribution(inputs.y_true, y_pred, inputs.label_set)
     return result
 
 
-def subgroup_evaluator(split: Split, predictions: Predictions, config: dict) -> EvalResult:
-    groups = subgroups.split_groups(split.frame, config)
+def subgroup_evaluator(inputs: EvalInput) -> EvalResult:
+    groups = subgroups.split_groups(inputs.metadata, inputs.config, inputs.dataset)
     if not groups:
         return EvalResult()
-    predictions = _aligned(split, predictions)
-    n_boot, confidence, seed = bootstrap_settings(config)
-    _, bands, min_count = subgroups.subgroup_settings(config)
-    table, gaps = subgroups.subgroup_analysis(split.y, predictions.y_pred, split.lesion_ids, groups, n_boot,
-                                              confidence, seed, min_count, bands)
+    n_boot, confidence, seed = bootstrap_settings(inputs.config)
+    _, min_count = subgroups.subgroup_settings(inputs.config, inputs.dataset)
+    table, gaps = subgroups.subgroup_analysis(inputs.y_true, inputs.y_pred, inputs.groups, groups,
+                                              len(inputs.label_set), n_boot, confidence, seed, min_count,
+                                              metrics.group_targets(inputs.label_set))
     result = EvalResult(metrics=subgroups.subgroup_metrics(table, gaps))
     result.tables["subgroups"] = table
     result.tables["subgroup_gaps"] = gaps
@@ -143,14 +151,13 @@ def subgroup_evaluator(split: Split, predictions: Predictions, config: dict) -> 
     return result
 
 
-def selective_evaluator(split: Split, predictions: Predictions, config: dict) -> EvalResult:
-    if predictions.probabilities is None:
+def selective_evaluator(inputs: EvalInput) -> EvalResult:
+    probs = _probabilities(inputs)
+    if probs is None:
         return EvalResult()
-    predictions = _aligned(split, predictions)
-    probs = metrics.check_probabilities(predictions.probabilities, len(split))
-    refer = float(get_dotted(config, "evaluation.selective.refer", 0.1))
-    conf = selective.confidence_of_answer(predictions.y_pred, probs)
-    values, curve = selective.selective_metrics(split.y, predictions.y_pred, conf, refer)
+    refer = float(get_dotted(inputs.config, "evaluation.selective.refer", 0.1))
+    conf = selective.confidence_of_answer(inputs.y_pred, probs)
+    values, curve = selective.selective_metrics(inputs.y_true, inputs.y_pred, conf, refer)
     result = EvalResult(metrics=values)
     result.tables["risk_coverage"] = curve
     result.figures["risk_coverage"] = figures.risk_coverage_figure(curve, values["selective_aurc"])
@@ -158,8 +165,9 @@ def selective_evaluator(split: Split, predictions: Predictions, config: dict) ->
 
 
 def wants_reference(config: dict, eval_split: str) -> bool:
-    """Whether the runner should predict val for calibration / conformal sets: they are on,
-    selected, and the evaluated split is not val itself (tuning evaluates on val)."""
+    """Whether the runner should predict the calibration split for calibration / conformal
+    sets: they are on, selected, and the evaluated split is not val (tuning evaluates on val's
+    selection part, and a study never sees the calibration images)."""
     if eval_split == "val":
         return False
     selected = get_dotted(config, "evaluation.evaluators")
@@ -178,28 +186,54 @@ def conformal_alpha(config: dict) -> float | None:
     return float(alpha)
 
 
-def _reference_probabilities(reference: Reference | None) -> tuple[np.ndarray, np.ndarray] | None:
+def calibration_warnings(config: dict, calibration_split: Split) -> list[str]:
+    """One line each for what makes the run's conformal sets uninformative: a calibration split
+    too small for ``evaluation.conformal.alpha`` and, for the classwise methods, the classes with
+    too few calibration images (those are in every set)."""
+    alpha = conformal_alpha(config)
+    selected = get_dotted(config, "evaluation.evaluators")
+    if alpha is None or (selected is not None and "conformal" not in selected):
+        return []
+    small = conformal.too_small_message(len(calibration_split), alpha)
+    if small:
+        return [small]
+    classwise = [m for m in conformal_methods(config) if conformal.score_of(m)[1]]
+    need = conformal.min_calibration_images(alpha)
+    counts = np.bincount(calibration_split.y, minlength=len(calibration_split.label_set))
+    few = [code for code, n in zip(calibration_split.label_set.codes, counts) if n < need]
+    if classwise and few:
+        return [f"{', '.join(classwise)}: {len(few)} of {len(counts)} classes have fewer than {need} calibration images "
+                f"(alpha = {alpha:g}) and are in every set: {', '.join(few[:10])}{', ...' if len(few) > 10 else ''}"]
+    return []
+
+
+def _reference_probabilities(inputs: EvalInput) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels, probabilities) of the calibration split, or None when there is none."""
+    reference: EvalReference | None = inputs.reference
     if reference is None or reference.predictions.probabilities is None:
         return None
-    ref = _aligned(reference.split, reference.predictions)
-    return reference.split.y, metrics.check_probabilities(ref.probabilities, len(reference.split))
+    inputs.label_set.require_same(reference.split.label_set, f"the calibration split {reference.split.name!r}",
+                                  "calibrate on a split of the evaluated dataset")
+    inputs.label_set.require_same(reference.predictions.label_set, "the calibration split's predictions",
+                                  "predict the calibration split with the same classifier")
+    probs = metrics.check_probabilities(reference.predictions.probabilities, len(reference.split),
+                                        len(inputs.label_set))
+    return reference.split.y, probs
 
 
-def calibration_evaluator(split: Split, predictions: Predictions, config: dict,
-                          reference: Reference | None = None) -> EvalResult:
-    if predictions.probabilities is None:
+def calibration_evaluator(inputs: EvalInput) -> EvalResult:
+    probs = _probabilities(inputs)
+    if probs is None:
         return EvalResult()
-    predictions = _aligned(split, predictions)
-    y_true = split.y
-    probs = metrics.check_probabilities(predictions.probabilities, len(y_true))
+    config, y_true = inputs.config, inputs.y_true
     result = EvalResultWithParams()
     result.metrics["classwise_ece"] = calibration.classwise_ece(y_true, probs)
     result.metrics["nll"] = calibration.nll(y_true, probs)
-    ref = _reference_probabilities(reference)
+    ref = _reference_probabilities(inputs)
     if ref is None or not bool(get_dotted(config, "evaluation.calibrate", True)):
         return result
     method = str(get_dotted(config, "evaluation.calibration_method", "temperature"))
-    scaler = calibration.fit_scaler(ref[0], ref[1], method)  # val only: the evaluated split never enters the fit
+    scaler = calibration.fit_scaler(ref[0], ref[1], method)  # calibration split only: never the evaluated split
     scaled = scaler.apply(probs)
     table = calibration.reliability_table(y_true, scaled)
     ece = calibration.expected_calibration_error(table)
@@ -219,46 +253,90 @@ def calibration_evaluator(split: Split, predictions: Predictions, config: dict,
     result.tables["calibrated_reliability"] = table
     result.figures["calibrated_reliability_diagram"] = figures.reliability_figure(table, ece)
     result.figures["calibrated_reliability_diagram"].axes[0].set_title(
-        f"Reliability after {method} scaling fitted on val (ECE = {ece:.3f})", fontsize=10)
+        f"Reliability after {method} scaling fitted on the calibration split (ECE = {ece:.3f})", fontsize=10)
     return result
 
 
-def conformal_evaluator(split: Split, predictions: Predictions, config: dict,
-                        reference: Reference | None = None) -> EvalResult:
-    alpha = conformal_alpha(config)
-    ref = _reference_probabilities(reference)
-    if alpha is None or predictions.probabilities is None or ref is None:
-        return EvalResult()
-    predictions = _aligned(split, predictions)
-    y_true = split.y
-    probs = metrics.check_probabilities(predictions.probabilities, len(y_true))
-    methods = list(get_dotted(config, "evaluation.conformal.methods", list(conformal.METHODS)))
-    seed = int(get_dotted(config, "seed", 42) or 0)
-    groups = subgroups.split_groups(split.frame, config)
-    _, bands, min_count = subgroups.subgroup_settings(config)
-    result = EvalResultWithParams(params={"conformal_alpha": alpha, "conformal_calibration_images": len(ref[0])})
-    summary, per_class, per_group = [], [], []
+def conformal_methods(config: dict) -> list[str]:
+    """``evaluation.conformal.methods``, each checked (one line naming the unknown one)."""
+    methods = [str(m) for m in get_dotted(config, "evaluation.conformal.methods", list(conformal.METHODS))]
     for method in methods:
-        qhat, sets = conformal.calibrate_and_predict(method, ref[1], ref[0], probs, alpha, seed)
+        conformal.score_of(method)
+    return methods
+
+
+def conformal_evaluator(inputs: EvalInput) -> EvalResult:
+    config = inputs.config
+    alpha = conformal_alpha(config)
+    probs = _probabilities(inputs)
+    ref = _reference_probabilities(inputs)
+    if alpha is None or probs is None or ref is None:
+        return EvalResult()
+    label_set, y_true, groups = inputs.label_set, inputs.y_true, inputs.groups
+    target = 1.0 - alpha
+    _, confidence, seed = bootstrap_settings(config)
+    cal_y, cal_probs = ref
+    n_cal = len(cal_y)
+    cal_counts = np.bincount(cal_y, minlength=len(label_set))
+    need = conformal.min_calibration_images(alpha)
+    subgroup_columns = subgroups.split_groups(inputs.metadata, config, inputs.dataset)
+    _, min_count = subgroups.subgroup_settings(config, inputs.dataset)
+    result = EvalResultWithParams(params={"conformal_alpha": alpha, "conformal_calibration_images": n_cal})
+    too_small = conformal.too_small_message(n_cal, alpha)
+    summary, per_class, per_group = [], [], []
+    for method in conformal_methods(config):
+        _, classwise = conformal.score_of(method)
+        qhat, sets = conformal.calibrate_and_predict(method, cal_probs, cal_y, probs, alpha, seed)
         covered = sets[np.arange(len(y_true)), y_true]
         size = sets.sum(axis=1)
-        values = {"coverage": float(covered.mean()), "mean_set_size": float(size.mean()),
-                  "singleton_rate": float(np.mean(size == 1)), "empty_rate": float(np.mean(size == 0)),
-                  "qhat": qhat}
-        for key, value in values.items():
-            if np.isfinite(value):  # q is infinite when val is too small for 1 - alpha
-                result.metrics[f"conformal_{method}_{key}"] = value
-        summary.append({"method": method, "alpha": alpha, "target_coverage": 1 - alpha, **values})
-        for c, label in enumerate(LABELS):
+        low, high = conformal.coverage_interval(covered, groups, confidence)
+        expected = ((np.nan, np.nan) if classwise
+                    else conformal.expected_coverage_range(n_cal, len(y_true), alpha, confidence))
+        values = {"coverage": float(covered.mean()), "coverage_ci_low": low, "coverage_ci_high": high,
+                  "mean_set_size": float(size.mean()), "singleton_rate": float(np.mean(size == 1)),
+                  "empty_rate": float(np.mean(size == 0)), "qhat": np.nan if classwise else float(qhat)}
+        below, uncalibrated = 0, []
+        for c, label in enumerate(label_set.codes):
             m = y_true == c
+            q_c = float(qhat[c]) if classwise else float(qhat)  # type: ignore[index]
             row = {"method": method, "label": label, "images": int(m.sum()),
-                   "coverage": float(covered[m].mean()) if m.any() else np.nan,
-                   "mean_set_size": float(size[m].mean()) if m.any() else np.nan}
-            per_class.append(row)
+                   "groups": int(len(np.unique(groups[m]))), "calibration_images": int(cal_counts[c]),
+                   "coverage": np.nan, "coverage_ci_low": np.nan, "coverage_ci_high": np.nan,
+                   "below_target": False, "mean_set_size": np.nan, "qhat": q_c if np.isfinite(q_c) else np.nan,
+                   "expected_low": np.nan, "expected_high": np.nan, "note": ""}
+            if classwise and cal_counts[c] < need:
+                uncalibrated.append(label)
+                row["note"] = (f"too few calibration images of {label} ({cal_counts[c]} < {need} for alpha = "
+                               f"{alpha:g}): no threshold, {label} is in every set")
             if m.any():
+                c_low, c_high = conformal.coverage_interval(covered[m], groups[m], confidence)
+                row.update({"coverage": float(covered[m].mean()), "coverage_ci_low": c_low, "coverage_ci_high": c_high,
+                            "below_target": bool(c_high < target), "mean_set_size": float(size[m].mean())})
+                if classwise:
+                    row["expected_low"], row["expected_high"] = conformal.expected_coverage_range(
+                        int(cal_counts[c]), int(m.sum()), alpha, confidence)
+                below += row["below_target"]
                 result.metrics[f"conformal_{method}_coverage_{label}"] = row["coverage"]
-        if groups:
-            table = subgroups.coverage_by_group(covered, size, groups, min_count, bands)
+                result.metrics[f"conformal_{method}_coverage_{label}_ci_low"] = c_low
+                result.metrics[f"conformal_{method}_coverage_{label}_ci_high"] = c_high
+            elif not row["note"]:
+                row["note"] = f"no {inputs.split.name} images of {label}"
+            per_class.append(row)
+        values["classes_below_target"] = float(below)
+        if classwise:
+            values["classes_uncalibrated"] = float(len(uncalibrated))
+        for key, value in values.items():
+            if np.isfinite(value):  # q is infinite when the calibration split is too small for 1 - alpha
+                result.metrics[f"conformal_{method}_{key}"] = value
+        note = too_small or ""
+        if not note and uncalibrated:
+            note = (f"{len(uncalibrated)} of {len(label_set)} classes have fewer than {need} calibration images "
+                    f"and are in every set: {', '.join(uncalibrated)}")
+        summary.append({"method": method, "alpha": alpha, "target_coverage": target, **values,
+                        "expected_low": expected[0], "expected_high": expected[1],
+                        "calibration_images": n_cal, "note": note})
+        if subgroup_columns:
+            table = subgroups.coverage_by_group(covered, size, subgroup_columns, min_count)
             table.insert(0, "method", method)
             per_group.append(table)
             for row in table.itertuples(index=False):
@@ -270,17 +348,21 @@ def conformal_evaluator(split: Split, predictions: Predictions, config: dict,
     return result
 
 
-calibration_evaluator.uses_reference = True  # type: ignore[attr-defined]
-conformal_evaluator.uses_reference = True  # type: ignore[attr-defined]
+class Builtin(NamedTuple):
+    """A built-in evaluator and whether the runner hands it the calibration split (``reference``)."""
+
+    evaluator: Callable[[EvalInput], EvalResult]
+    needs_reference: bool = False
 
 
-#: name -> evaluator, in the order they run.
-EVALUATORS = {
-    "classification": classification_evaluator,
-    "probabilistic": probabilistic_evaluator,
-    "validity": validity_evaluator,
-    "subgroups": subgroup_evaluator,
-    "selective": selective_evaluator,
-    "calibration": calibration_evaluator,
-    "conformal": conformal_evaluator,
+#: name -> (evaluator, needs_reference), in the order they run; registered by
+#: :func:`derma_core.evaluation.register_evaluators`.
+EVALUATORS: dict[str, Builtin] = {
+    "classification": Builtin(classification_evaluator),
+    "probabilistic": Builtin(probabilistic_evaluator),
+    "validity": Builtin(validity_evaluator),
+    "subgroups": Builtin(subgroup_evaluator),
+    "selective": Builtin(selective_evaluator),
+    "calibration": Builtin(calibration_evaluator, needs_reference=True),
+    "conformal": Builtin(conformal_evaluator, needs_reference=True),
 }

@@ -15,12 +15,30 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, auc, roc_curve
 
-from ..labels import LABELS
+from ..labels import LabelSet
+
+#: Up to this many classes the confusion matrix shows its counts in the cells and the ROC
+#: figure a legend entry per class; beyond, only colours / the focus class and groupings.
+ANNOTATE_MAX = 15
 
 
-def confusion_matrix_figure(cm: np.ndarray, normalize: bool, n_total: int | None = None) -> Figure:
-    """Counts (or row-normalised rates) of a 7x7 confusion matrix of valid answers."""
+def class_axis_layout(n_classes: int) -> tuple[float, float]:
+    """(side of the class axis in inches, tick label font size) for K classes: 6.5 inches and
+    the default font up to a dozen classes, at most 22 inches (a 7 pt font at 114 classes)."""
+    k = int(n_classes)
+    side = float(np.clip(3.5 + 0.2 * k, 6.5, 22.0))
+    per_class = side * 72 * 0.8 / k  # points of axis per class
+    return side, float(np.clip(0.6 * per_class, 4.0, 10.0))
+
+
+def confusion_matrix_figure(cm: np.ndarray, codes: Sequence[str], normalize: bool,
+                            n_total: int | None = None) -> Figure:
+    """Counts (or row-normalised rates) of a K x K confusion matrix of valid answers, ticks
+    labelled with the class codes; cell values written only up to :data:`ANNOTATE_MAX` classes."""
     cm = np.asarray(cm, dtype=np.float64)
+    k = len(codes)
+    if cm.shape != (k, k):
+        raise ValueError(f"confusion matrix of shape {cm.shape} for {k} classes")
     n_valid = int(cm.sum())
     if normalize:
         rows = cm.sum(axis=1, keepdims=True)
@@ -29,17 +47,24 @@ def confusion_matrix_figure(cm: np.ndarray, normalize: bool, n_total: int | None
     else:
         values = cm.astype(np.int64)
         fmt = "d"
-    fig = Figure(figsize=(7.5, 6.5), layout="constrained")
+    side, font = class_axis_layout(k)
+    annotate = k <= ANNOTATE_MAX
+    fig = Figure(figsize=(side + 1.0, side), layout="constrained")
     ax = fig.add_subplot()
-    ConfusionMatrixDisplay(values, display_labels=list(LABELS)).plot(
-        ax=ax, values_format=fmt, cmap="Blues", colorbar=True)
+    ConfusionMatrixDisplay(values, display_labels=list(codes)).plot(
+        ax=ax, values_format=fmt, cmap="Blues", colorbar=True, include_values=annotate,
+        xticks_rotation="horizontal" if k <= 8 else "vertical")
+    ax.tick_params(labelsize=font)
+    if annotate and k > 8:
+        for text in ax.texts:
+            text.set_fontsize(max(5.0, font - 1))
     if normalize:
         ax.images[0].set_clim(0, 1)
     scope = "valid answers only"
     if n_total is not None and n_total != n_valid:
         scope += f": {n_valid} of {n_total}; {n_total - n_valid} invalid not shown"
     kind = "row-normalised (recall on the diagonal)" if normalize else "counts"
-    ax.set_title(f"Confusion matrix, {kind}\n({scope})", fontsize=10)
+    ax.set_title(f"Confusion matrix, {kind}, {k} classes\n({scope})", fontsize=float(np.clip(side * 0.6, 10, 16)))
     return fig
 
 
@@ -66,29 +91,77 @@ def reliability_figure(table: pd.DataFrame, ece: float) -> Figure:
     return fig
 
 
-def roc_figure(y_true: np.ndarray, probabilities: np.ndarray, mel_points: dict[float, float] | None = None) -> Figure:
-    """One-vs-rest ROC curve per class, with melanoma operating points at fixed specificities."""
+def roc_figure(y_true: np.ndarray, probabilities: np.ndarray, label_set: LabelSet,
+               focus_points: dict[float, float] | None = None) -> Figure:
+    """One-vs-rest ROC curve per class, each grouping's positive group against the rest
+    (P(group) = the sum of its classes' probabilities; dashed), and the focus class's
+    operating points at fixed specificities. Beyond :data:`ANNOTATE_MAX` classes the per-class
+    curves are thin grey lines without legend entries (the focus class and groupings keep theirs)."""
+    from .metrics import group_targets
+
     y_true = np.asarray(y_true)
+    p = np.asarray(probabilities, dtype=np.float64)
+    k = len(label_set)
+    many = k > ANNOTATE_MAX
     fig = Figure(figsize=(7, 6.5), layout="constrained")
     ax = fig.add_subplot()
-    for c, label in enumerate(LABELS):
+    for c, label in enumerate(label_set.codes):
         positive = y_true == c
         if positive.all() or not positive.any():
             continue
-        fpr, tpr, _ = roc_curve(positive, probabilities[:, c])
-        ax.plot(fpr, tpr, lw=2 if label == "mel" else 1.2, label=f"{label} (AUC {auc(fpr, tpr):.3f})")
-    for spec, sens in (mel_points or {}).items():
+        fpr, tpr, _ = roc_curve(positive, p[:, c])
+        focus = label == label_set.focus
+        if many and not focus:
+            ax.plot(fpr, tpr, lw=0.6, color="grey", alpha=0.35)
+        else:
+            ax.plot(fpr, tpr, lw=2 if focus else 1.2, label=f"{label} (AUC {auc(fpr, tpr):.3f})")
+    for target in group_targets(label_set):
+        truth = target.mask[y_true]
+        if truth.all() or not truth.any():
+            continue
+        fpr, tpr, _ = roc_curve(truth, p[:, target.mask].sum(axis=1))
+        ax.plot(fpr, tpr, "--", lw=2, color="black",
+                label=f"{target.positive} ({target.grouping}) vs rest (AUC {auc(fpr, tpr):.3f})")
+    for spec, sens in (focus_points or {}).items():
         if np.isfinite(sens):
             ax.plot([1 - spec], [sens], "k^", markersize=7)
-            ax.annotate(f"mel sens {sens:.2f} @ spec {spec:.0%}", (1 - spec, sens), textcoords="offset points",
-                        xytext=(6, -12), fontsize=8)
+            ax.annotate(f"{label_set.focus} sens {sens:.2f} @ spec {spec:.0%}", (1 - spec, sens),
+                        textcoords="offset points", xytext=(6, -12), fontsize=8)
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
     ax.set_xlabel("false positive rate (1 - specificity)")
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
-    ax.set_title("ROC curves, one-vs-rest", fontsize=10)
+    title = "ROC curves, one-vs-rest"
+    if many:
+        title += f" ({k} classes in grey; named: focus class and groupings)"
+    ax.set_title(title, fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8 if k <= 10 else 7)
+    return fig
+
+
+def per_class_figure(report: pd.DataFrame) -> Figure:
+    """Recall and F1 per class as horizontal bars (a ``per_class`` table of
+    :func:`~.metrics.per_class_report`), one row per class in label-set order; its height and
+    font follow the number of classes."""
+    k = len(report)
+    side, font = class_axis_layout(k)
+    fig = Figure(figsize=(7, max(3.0, side * 0.9)), layout="constrained")
+    ax = fig.add_subplot()
+    y = np.arange(k)[::-1]
+    h = 0.4
+    ax.barh(y + h / 2, report["recall"].to_numpy(dtype=float), height=h, color="C0", label="recall")
+    ax.barh(y - h / 2, report["f1"].to_numpy(dtype=float), height=h, color="C1", label="F1")
+    support = report["support"].to_numpy()
+    labels = [f"{c} (n={int(n)})" for c, n in zip(report["label"], support)] if k <= 40 else list(report["label"])
+    ax.set_yticks(y, labels, fontsize=font)
+    ax.set_ylim(-0.7, k - 0.3)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("recall / F1 (classes without true images have recall 0)")
+    ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"Per-class recall and F1, {k} classes", fontsize=10)
     return fig
 
 
@@ -135,7 +208,7 @@ def subgroup_figure(table: pd.DataFrame, metric: str = "macro_f1") -> Figure:
                           zip(part["group"], part["images"], small)], fontsize=8)
         ax.set_title(column, fontsize=9, loc="left")
         ax.grid(axis="x", alpha=0.3)
-    axes[-1].set_xlabel(f"{metric} with its lesion-level bootstrap interval (hollow: small group)")
+    axes[-1].set_xlabel(f"{metric} with its group-level bootstrap interval (hollow: small group)")
     return fig
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .metrics import INVALID
+from ..labels import INVALID
 
 #: Points of the logged risk-coverage table (the metrics use every image).
 CURVE_POINTS = 101

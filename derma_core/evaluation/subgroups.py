@@ -1,52 +1,93 @@
-"""Subgroup evaluation: metrics per value of a metadata column, with lesion-level intervals.
+"""Subgroup evaluation: metrics per value of a metadata column, with group-level intervals.
 
-For every configured column of the split frame (HAM10000's ``sex``, ``localization``,
-``dx_type``, and ``age`` cut into bands) each group gets accuracy, balanced accuracy and
-macro-F1 with percentile intervals from the lesion-level bootstrap of :mod:`.bootstrap`, plus,
-per column, the worst group and the largest gap (best minus worst group) with its interval.
+Which columns, and how their values form groups, comes from the dataset's descriptor
+(:attr:`~derma_core.data.descriptor.DatasetDescriptor.subgroups`):
 
-Groups below ``evaluation.subgroups.min_count`` images are reported (and flagged ``small``) but
-do not take part in the worst group and the gap; neither does the ``missing`` group (no value).
+* ``categorical``: each value is a group (HAM10000's ``sex``, ``localization``, ``dx_type``);
+* ``banded``: a number cut into bands at the column's edges (HAM10000's ``age``: ``<30``,
+  ``30-44`` ... ``75+``);
+* ``ordinal``: ordered levels (Fitzpatrick skin types I-VI); values listed as unknown are the
+  ``missing`` group.
 
-Speed: one set of lesion resamples serves every group of every column. Each group's images are
-reduced to per-lesion confusion cells (zero for lesions outside the group), the cells of all
-groups sit side by side in one (L, G * 56) matrix, and one matrix product per block of resamples
-yields every group's confusion table on every resample.
+``evaluation.subgroups.columns`` (a list) replaces the descriptor's columns: those columns are
+categorical unless the descriptor declares them otherwise. ``evaluation.subgroups.age_bands``
+replaces the edges of a banded ``age`` column. Empty values form the group ``missing``.
+
+Each group gets accuracy, balanced accuracy and macro-F1 (and each grouping's sensitivity,
+specificity and balanced accuracy, e.g. ``malignancy_sensitivity``) with percentile intervals
+from the group-level bootstrap of :mod:`.bootstrap` (lesions or patients), plus, per column,
+the worst group and the largest gap (best minus worst group) with its interval. Groups below
+``evaluation.subgroups.min_count`` images are reported (and flagged ``small``) but do not take
+part in the worst group and the gap; neither does ``missing``.
+
+Speed: one set of resamples serves every group of every column: the per-image counts the
+metrics are read off (:func:`~.bootstrap.image_stats`) of all groups sit side by side in one
+sparse (units, groups x width) matrix, and one matrix product per block of resamples yields
+every group's sums on every resample.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..config import get_dotted
-from ..labels import NUM_CLASSES
-from .bootstrap import (BOOTSTRAP_METRICS, _COLS, lesion_cells, lesion_index, metrics_from_confusion,
-                        percentile_interval, resample_counts)
-from .metrics import _check
+from ..data.descriptor import SubgroupColumn
+from .bootstrap import group_index, image_stats, metric_names, percentile_interval, point_metrics, resampled_metrics
+from .metrics import GroupTarget, _check
 
-DEFAULT_COLUMNS = ("sex", "localization", "dx_type", "age")
-#: Age band edges in years: <30, 30-44, 45-59, 60-74, 75+.
-DEFAULT_AGE_BANDS = (30, 45, 60, 75)
+if TYPE_CHECKING:  # pragma: no cover
+    from ..data.descriptor import DatasetDescriptor
+
 DEFAULT_MIN_COUNT = 30
 MISSING = "missing"
-#: The metrics whose worst group and gap are reported.
+#: The metrics whose worst group and gap are reported (plus each grouping's sensitivity).
 GAP_METRICS = ("macro_f1", "balanced_accuracy", "accuracy")
 
 
-def subgroup_settings(config: dict) -> tuple[list[str], list[float], int]:
-    """(columns, age band edges, small-group threshold) from ``evaluation.subgroups``."""
-    columns = get_dotted(config, "evaluation.subgroups.columns", list(DEFAULT_COLUMNS))
-    bands = get_dotted(config, "evaluation.subgroups.age_bands", list(DEFAULT_AGE_BANDS))
+@dataclass
+class SubgroupValues:
+    """One subgroup column of a split: its declaration, each row's group, and the groups in
+    report order (bands / ordinal levels in their order, categories sorted, ``missing`` last)."""
+
+    spec: SubgroupColumn
+    labels: np.ndarray
+    order: list[str]
+
+    @property
+    def title(self) -> str:
+        return self.spec.title or self.spec.column
+
+
+def subgroup_settings(config: dict, descriptor: "DatasetDescriptor | None") -> tuple[list[SubgroupColumn], int]:
+    """(the subgroup columns to evaluate, small-group threshold) from ``evaluation.subgroups``
+    and the dataset's descriptor."""
+    declared = {s.column: s for s in (descriptor.subgroups if descriptor is not None else ())}
+    columns = get_dotted(config, "evaluation.subgroups.columns", None)
+    if columns is None:
+        specs = list(declared.values())
+    else:
+        if isinstance(columns, str) or not isinstance(columns, Sequence):
+            raise ValueError(f"evaluation.subgroups.columns must be a list of metadata columns or null, got {columns!r}")
+        specs = [declared.get(str(c), SubgroupColumn(str(c))) for c in columns]
+    age_bands = get_dotted(config, "evaluation.subgroups.age_bands", None)
+    if age_bands is not None:
+        edges = tuple(float(b) for b in age_bands)
+        if not any(s.column == "age" and s.kind == "banded" for s in specs):
+            name = descriptor.name if descriptor is not None else "this dataset"
+            raise ValueError(f"evaluation.subgroups.age_bands is set but {name} has no banded age subgroup "
+                             "column; set it to null")
+        specs = [SubgroupColumn(s.column, "banded", edges, s.order, s.unknown, s.title)
+                 if s.column == "age" and s.kind == "banded" else s for s in specs]
+    for s in specs:
+        if s.kind == "banded" and any(a >= b for a, b in zip(s.bands, s.bands[1:])):
+            raise ValueError(f"subgroup column {s.column!r}: band edges must increase, got {list(s.bands)}")
     min_count = int(get_dotted(config, "evaluation.subgroups.min_count", DEFAULT_MIN_COUNT))
-    columns = list(columns or [])
-    bands = [float(b) for b in (bands or [])]
-    if any(b >= c for b, c in zip(bands, bands[1:])):
-        raise ValueError(f"evaluation.subgroups.age_bands must increase, got {bands}")
-    return columns, bands, min_count
+    return specs, min_count
 
 
 def slug(value: str) -> str:
@@ -59,7 +100,8 @@ def _num(edge: float) -> str:
     return f"{edge:g}"
 
 
-def age_band_labels(bands: list[float]) -> list[str]:
+def band_labels(bands: Sequence[float]) -> list[str]:
+    """``<30``, ``30-44`` ... ``75+`` for the edges (30, 45, 60, 75)."""
     if not bands:
         return ["all"]
     labels = [f"<{_num(bands[0])}"]
@@ -67,108 +109,136 @@ def age_band_labels(bands: list[float]) -> list[str]:
     return labels + [f"{_num(bands[-1])}+"]
 
 
-def age_bands(ages: pd.Series, bands: list[float]) -> np.ndarray:
-    """Ages (numbers or strings; empty = missing) to band labels (``<30``, ``30-44`` ... ``75+``)."""
-    values = pd.to_numeric(pd.Series(ages).replace("", np.nan), errors="coerce").to_numpy(dtype=np.float64)
-    labels = np.asarray(age_band_labels(bands), dtype=object)
-    idx = np.searchsorted(np.asarray(bands, dtype=np.float64), values, side="right")
+def banded(values: pd.Series, bands: Sequence[float]) -> np.ndarray:
+    """Numbers (or number strings; empty or not a number = missing) to band labels."""
+    numbers = pd.to_numeric(pd.Series(values).replace("", np.nan), errors="coerce").to_numpy(dtype=np.float64)
+    labels = np.asarray(band_labels(bands), dtype=object)
+    idx = np.searchsorted(np.asarray(bands, dtype=np.float64), numbers, side="right")
     out = labels[np.minimum(idx, len(labels) - 1)]
-    out[np.isnan(values)] = MISSING
+    out[np.isnan(numbers)] = MISSING
     return out.astype(str)
 
 
-def group_labels(frame: pd.DataFrame, column: str, bands: list[float]) -> np.ndarray | None:
-    """Each row's group in ``column`` (age cut into bands); None when the frame has no such values."""
-    if column not in frame.columns:
+def _level(value: Any) -> str:
+    """A value as a group name; integral numbers without a decimal part (``3.0`` -> ``3``), so
+    an ordinal column read as floats matches its declared levels."""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if np.isfinite(number) and number.is_integer() else text
+
+
+def group_labels(frame: pd.DataFrame, spec: SubgroupColumn | str) -> np.ndarray | None:
+    """Each row's group in the column; None when the frame has no values for it."""
+    spec = spec if isinstance(spec, SubgroupColumn) else SubgroupColumn(spec)
+    if spec.column not in frame.columns:
         return None
-    if column == "age":
-        out = age_bands(frame[column], bands)
+    raw = frame[spec.column]
+    if spec.kind == "banded":
+        out = banded(raw, spec.bands)
     else:
-        raw = frame[column]
-        out = raw.astype(str).str.strip().to_numpy(dtype=object)
-        out[raw.isna().to_numpy() | (out == "") | (out == "nan")] = MISSING
+        out = np.array([_level(v) if spec.kind == "ordinal" else str(v).strip() for v in raw], dtype=object)
+        unknown = {_level(u) if spec.kind == "ordinal" else u for u in spec.unknown}
+        empty = raw.isna().to_numpy() | (out == "") | (out == "nan") | np.isin(out, list(unknown))
+        out[empty] = MISSING
         out = out.astype(str)
     if (out == MISSING).all():
         return None
     return out
 
 
-def split_groups(frame: pd.DataFrame, config: dict) -> dict[str, np.ndarray]:
-    """column -> per-row group labels, for the configured columns the frame has values for."""
-    columns, bands, _ = subgroup_settings(config)
-    out = {}
-    for column in columns:
-        labels = group_labels(frame, column, bands)
-        if labels is not None:
-            out[column] = labels
-    return out
-
-
-def _order(values: np.ndarray, column: str, bands: list[float]) -> list[str]:
-    present = set(values.tolist())
-    if column == "age":
-        base = [b for b in age_band_labels(bands) if b in present]
+def group_order(labels: np.ndarray, spec: SubgroupColumn) -> list[str]:
+    """The groups present, in report order (bands and ordinal levels in their order, then
+    categories sorted), ``missing`` last."""
+    present = set(np.asarray(labels).astype(str).tolist())
+    if spec.kind == "banded":
+        base = [b for b in band_labels(spec.bands) if b in present]
+    elif spec.kind == "ordinal":
+        levels = [_level(o) for o in spec.order]
+        base = [v for v in levels if v in present]
+        base += sorted(v for v in present if v not in levels and v != MISSING)
     else:
         base = sorted(v for v in present if v != MISSING)
     return base + ([MISSING] if MISSING in present else [])
 
 
-def subgroup_analysis(y_true: np.ndarray, y_pred: np.ndarray, lesion_ids: np.ndarray,
-                      groups: dict[str, np.ndarray], n_resamples: int = 1000, confidence: float = 0.95,
-                      seed: int = 42, min_count: int = DEFAULT_MIN_COUNT,
-                      bands: list[float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_groups(frame: pd.DataFrame, config: dict, descriptor: "DatasetDescriptor | None") -> dict[str, SubgroupValues]:
+    """column -> its :class:`SubgroupValues`, for the subgroup columns the frame has values for."""
+    specs, _ = subgroup_settings(config, descriptor)
+    out = {}
+    for spec in specs:
+        labels = group_labels(frame, spec)
+        if labels is not None:
+            out[spec.column] = SubgroupValues(spec, labels, group_order(labels, spec))
+    return out
+
+
+def _values(column: str, groups: SubgroupValues | np.ndarray) -> SubgroupValues:
+    if isinstance(groups, SubgroupValues):
+        return groups
+    labels = np.asarray(groups).astype(str)
+    spec = SubgroupColumn(column)
+    return SubgroupValues(spec, labels, group_order(labels, spec))
+
+
+def subgroup_analysis(y_true: np.ndarray, y_pred: np.ndarray, group_ids: np.ndarray,
+                      groups: Mapping[str, SubgroupValues | np.ndarray], n_classes: int, n_resamples: int = 1000,
+                      confidence: float = 0.95, seed: int = 42, min_count: int = DEFAULT_MIN_COUNT,
+                      targets: Sequence[GroupTarget] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-group metrics with intervals, and per column the worst group and the largest gap.
 
-    Returns ``(groups_table, gaps_table)``. ``groups_table`` has one row per (column, group):
-    images, lesions, ``small``, and each metric of :data:`BOOTSTRAP_METRICS` with ``_ci_low`` /
-    ``_ci_high``. ``gaps_table`` has one row per (column, metric): the worst and best group among
-    the groups that are neither small nor missing, the gap best - worst and its interval (the same
-    two groups compared on every resample).
+    ``groups`` maps a column to its :class:`SubgroupValues` (or to plain per-row values,
+    categorical). Returns ``(groups_table, gaps_table)``. ``groups_table`` has one row per
+    (column, group): images, units (distinct lesions / patients, what the bootstrap resamples),
+    ``small``, and each metric of :func:`~.bootstrap.metric_names` with ``_ci_low`` / ``_ci_high``.
+    ``gaps_table`` has one row per (column, metric): the worst and best group among the groups
+    that are neither small nor missing, the gap best - worst and its interval (the same two
+    groups compared on every resample).
     """
-    y_true, y_pred = _check(y_true, y_pred)
-    bands = list(DEFAULT_AGE_BANDS if bands is None else bands)
-    lesion, n_lesions = lesion_index(lesion_ids)
-    if len(lesion) != len(y_true):
-        raise ValueError(f"{len(lesion)} lesion ids for {len(y_true)} images")
+    y_true, y_pred = _check(y_true, y_pred, n_classes)
+    unit, n_units = group_index(group_ids)
+    if len(unit) != len(y_true):
+        raise ValueError(f"{len(unit)} group ids for {len(y_true)} images")
+    values = {column: _values(column, g) for column, g in groups.items()}
     keys: list[tuple[str, str]] = []
-    blocks = []
-    for column, labels in groups.items():
-        labels = np.asarray(labels).astype(str)
-        if len(labels) != len(y_true):
-            raise ValueError(f"subgroup column {column!r} has {len(labels)} values for {len(y_true)} images")
-        for value in _order(labels, column, bands):
-            m = labels == value
+    rows_idx, slots = [], []
+    for column, v in values.items():
+        if len(v.labels) != len(y_true):
+            raise ValueError(f"subgroup column {column!r} has {len(v.labels)} values for {len(y_true)} images")
+        for value in v.order:
+            rows = np.flatnonzero(v.labels == value)
+            rows_idx.append(rows)
+            slots.append(np.full(len(rows), len(keys)))
             keys.append((column, value))
-            blocks.append(lesion_cells(y_true[m], y_pred[m], lesion[m], n_lesions))
     if not keys:
         return pd.DataFrame(), pd.DataFrame()
-    cells = np.concatenate(blocks, axis=1)  # (L, G * 56)
     g = len(keys)
-    point = metrics_from_confusion(cells.sum(axis=0).reshape(g, NUM_CLASSES, _COLS))
-    dist: dict[str, list[np.ndarray]] = {m: [] for m in BOOTSTRAP_METRICS}
-    if n_resamples > 0:
-        for counts in resample_counts(n_lesions, n_resamples, seed):
-            cm = (counts @ cells).reshape(-1, g, NUM_CLASSES, _COLS)
-            for name, values in metrics_from_confusion(cm).items():
-                dist[name].append(values)
-    samples = {m: np.concatenate(v, axis=0) if v else np.empty((0, g)) for m, v in dist.items()}
-    rows = []
+    rows_all, slot_all = np.concatenate(rows_idx), np.concatenate(slots)
+    stats = image_stats(y_true[rows_all], y_pred[rows_all], unit[rows_all], n_units, n_classes, targets, slot_all, g)
+    names = metric_names(targets)
+    point = point_metrics(stats, n_classes, targets)
+    samples = (resampled_metrics(stats, n_classes, n_resamples, seed, targets) if n_resamples > 0
+               else {m: np.empty((0, g)) for m in names})
+    table_rows = []
     for j, (column, value) in enumerate(keys):
-        m = np.asarray(groups[column]).astype(str) == value
+        m = values[column].labels == value
         n = int(m.sum())
         row: dict[str, Any] = {"column": column, "group": value, "images": n,
-                               "lesions": int(len(np.unique(lesion[m]))), "small": bool(n < min_count)}
-        for name in BOOTSTRAP_METRICS:
+                               "units": int(len(np.unique(unit[m]))), "small": bool(n < min_count)}
+        for name in names:
             row[name] = float(point[name][j])
             low, high = percentile_interval(samples[name][:, j], confidence) if n_resamples > 0 else (np.nan, np.nan)
             row[f"{name}_ci_low"], row[f"{name}_ci_high"] = low, high
-        rows.append(row)
-    table = pd.DataFrame(rows)
+        table_rows.append(row)
+    table = pd.DataFrame(table_rows)
+    gap_metrics = GAP_METRICS + tuple(t.name("sensitivity") for t in targets)
     gap_rows = []
-    for column in groups:
+    for column in values:
         eligible = [j for j, (c, v) in enumerate(keys)
                     if c == column and v != MISSING and not table.at[j, "small"]]
-        for name in GAP_METRICS:
+        for name in gap_metrics:
             usable = [j for j in eligible if np.isfinite(point[name][j])]
             row = {"column": column, "metric": name, "groups_compared": len(usable)}
             if len(usable) >= 1:
@@ -188,34 +258,39 @@ def subgroup_analysis(y_true: np.ndarray, y_pred: np.ndarray, lesion_ids: np.nda
     return table, gaps
 
 
+def table_metric_names(table: pd.DataFrame) -> list[str]:
+    """The metrics a subgroup table holds (every column with an interval), in table order."""
+    return [c for c in table.columns if f"{c}_ci_low" in table.columns]
+
+
 def subgroup_metrics(table: pd.DataFrame, gaps: pd.DataFrame) -> dict[str, float]:
     """MLflow names that line up across runs: ``subgroup_sex_female_macro_f1`` (and ``_ci_low``,
     ``_ci_high``, ``_n``), ``subgroup_sex_worst_macro_f1``, ``subgroup_sex_gap_macro_f1`` (+ interval)."""
     out: dict[str, float] = {}
-    for row in table.itertuples(index=False):
-        base = f"subgroup_{slug(row.column)}_{slug(row.group)}"
-        out[f"{base}_n"] = float(row.images)
-        for name in BOOTSTRAP_METRICS:
+    names = table_metric_names(table)
+    for row in table.to_dict("records"):
+        base = f"subgroup_{slug(row['column'])}_{slug(row['group'])}"
+        out[f"{base}_n"] = float(row["images"])
+        for name in names:
             for suffix in ("", "_ci_low", "_ci_high"):
-                out[f"{base}_{name}{suffix}"] = float(getattr(row, f"{name}{suffix}"))
-    for row in gaps.itertuples(index=False):
-        base = f"subgroup_{slug(row.column)}"
-        out[f"{base}_worst_{row.metric}"] = float(row.worst)
-        out[f"{base}_gap_{row.metric}"] = float(row.gap)
-        out[f"{base}_gap_{row.metric}_ci_low"] = float(row.gap_ci_low)
-        out[f"{base}_gap_{row.metric}_ci_high"] = float(row.gap_ci_high)
+                out[f"{base}_{name}{suffix}"] = float(row[f"{name}{suffix}"])
+    for row in gaps.to_dict("records"):
+        base = f"subgroup_{slug(row['column'])}"
+        out[f"{base}_worst_{row['metric']}"] = float(row["worst"])
+        out[f"{base}_gap_{row['metric']}"] = float(row["gap"])
+        out[f"{base}_gap_{row['metric']}_ci_low"] = float(row["gap_ci_low"])
+        out[f"{base}_gap_{row['metric']}_ci_high"] = float(row["gap_ci_high"])
     return {k: v for k, v in out.items() if np.isfinite(v)}
 
 
-def coverage_by_group(covered: np.ndarray, set_size: np.ndarray, groups: dict[str, np.ndarray],
-                      min_count: int, bands: list[float] | None = None) -> pd.DataFrame:
+def coverage_by_group(covered: np.ndarray, set_size: np.ndarray, groups: Mapping[str, SubgroupValues | np.ndarray],
+                      min_count: int) -> pd.DataFrame:
     """Conformal coverage and mean set size per (column, group), groups in the order of the subgroup table."""
-    bands = list(DEFAULT_AGE_BANDS if bands is None else bands)
     rows = []
-    for column, labels in groups.items():
-        labels = np.asarray(labels).astype(str)
-        for value in _order(labels, column, bands):
-            m = labels == value
+    for column, g in groups.items():
+        v = _values(column, g)
+        for value in v.order:
+            m = v.labels == value
             rows.append({"column": column, "group": value, "images": int(m.sum()), "small": bool(m.sum() < min_count),
                          "coverage": float(covered[m].mean()), "mean_set_size": float(set_size[m].mean())})
     return pd.DataFrame(rows)

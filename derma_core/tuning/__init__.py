@@ -23,9 +23,16 @@ Every key and every value is checked against the backend's config schema before 
 How a trial runs: the base config (defaults < plugin file < ``--config`` < ``-o``, then
 ``fixed``) gets the sampled values, ``evaluation.split`` is forced to ``val`` (a study never
 reads the test split) and :func:`derma_core.runner.run` records it as a child of the study's
-parent MLflow run. Per-epoch metrics that a backend reports through ``ctx.report_epoch`` go to
+parent MLflow run. The runner hands ``fit`` and the val evaluation only val's selection part:
+the calibration split carved from val is never predicted, scored or seen in a trial
+(``evaluation.calibration_split.source: auto`` becomes ``carve`` in trials and in the best
+config, so a zero-shot backend's study leaves it unseen too). Per-epoch metrics that a backend reports through ``ctx.report_epoch`` go to
 the trial, so the median pruner can stop it; a pruned trial ends PRUNED in Optuna and KILLED
 (tag ``derma.trial_state=PRUNED``) in MLflow.
+
+Nothing here assumes a label set: the objective is any metric the trial's run logs (default
+``val_macro_f1``, over the dataset's own classes). A study records its dataset's class codes;
+a worker joining (or resuming) it with a dataset of other classes is refused in one line.
 
 Storage: by default one journal file, ``mlruns/optuna.journal`` (safe for several processes on
 one machine). ``--storage postgresql+psycopg2://...`` (or any SQLAlchemy URL) shares a study

@@ -141,12 +141,17 @@ def tune_command(plugin, space_file, config_file, overrides, n_trials, timeout, 
         for name, given, stored in (("--metric", metric, settings["metric"]), ("--direction", direction, settings["direction"])):
             if given and given != stored:
                 _fail(f"{name} {given} differs from the study's {stored}")
+        changed = bool(overrides or any(v is not None for v in values.values()))
         try:
-            base = _resolve_stored(settings, overrides, values) if (overrides or any(v is not None for v in values.values())) \
-                else settings["base_config"]
+            base = _resolve_stored(settings, overrides, values) if changed else settings["base_config"]
             _, schema = plugin_schema(plugin)
         except (ConfigError, plugins.UnknownComponentError) as exc:
             _fail(str(exc).strip("'\""))
+        if changed and settings.get("classes"):  # this worker's paths must still reach the study's classes
+            try:
+                _same_classes(study_name, settings["classes"], _dataset_classes(runner, base))
+            except TuneError as exc:
+                _fail(str(exc), 1)
         settings = dict(settings, base_config=base)
     else:
         if not plugin:
@@ -185,9 +190,12 @@ def tune_command(plugin, space_file, config_file, overrides, n_trials, timeout, 
     if not resume:
         # everything that can fail goes before the study exists, so a failed start leaves no half-made study
         try:
-            exp_name = base.get("tracking", {}).get("experiment") or runner.load_dataset(base).name
+            dataset = runner.load_dataset(base)
         except Exception as exc:
-            _fail(f"cannot load the dataset to name the MLflow experiment: {str(exc).splitlines()[0]}", 1)
+            _fail(f"cannot load the dataset (it names the MLflow experiment and the study's classes): "
+                  f"{str(exc).splitlines()[0]}", 1)
+        exp_name = base.get("tracking", {}).get("experiment") or dataset.name
+        settings["classes"] = list(dataset.label_set.codes)
         try:
             tracking.ensure_experiment(exp_name, tracking.configure(uri))
         except Exception as exc:
@@ -213,6 +221,11 @@ def tune_command(plugin, space_file, config_file, overrides, n_trials, timeout, 
             if diff:
                 _fail(f"study {study_name!r} was started with a different config at {', '.join(diff[:8])}; every worker "
                       "must use the same config (only machine paths may differ), or use --resume")
+            if stored.get("classes"):
+                try:
+                    _same_classes(study_name, stored["classes"], settings["classes"])
+                except TuneError as exc:
+                    _fail(str(exc))
         exp_name = attrs[ATTR_EXPERIMENT]
         parent_id = attrs.get(ATTR_PARENT_RUN)  # None: its creator died before making the parent run
         if parent_id is not None:
@@ -264,6 +277,21 @@ def tune_command(plugin, space_file, config_file, overrides, n_trials, timeout, 
         _fail(str(error).strip("'\""), 1)
     if not quiet:
         _echo_best(study, settings["metric"])
+
+
+def _dataset_classes(runner, config: dict) -> list[str]:
+    try:
+        return list(runner.load_dataset(config).label_set.codes)
+    except Exception as exc:
+        raise TuneError(f"cannot load the dataset: {str(exc).splitlines()[0]}") from None
+
+
+def _same_classes(study_name: str, study: list[str], worker: list[str]) -> None:
+    """Every trial of a study scores the same classes: one line naming both lists otherwise (a
+    machine path such as data.dir may differ between workers, the dataset behind it may not)."""
+    if list(study) != list(worker):
+        raise TuneError(f"study {study_name!r} tunes on the classes {', '.join(study)} but this worker's dataset has "
+                        f"{', '.join(worker)}; point data.dir (--data-dir) at the study's dataset")
 
 
 def _version() -> str:

@@ -295,6 +295,7 @@ def trial_config(settings: dict, values: dict[str, Any], *, experiment: str, run
     """The config one trial runs with: validation split only, the study's experiment."""
     config = apply_values(settings["base_config"], values)
     config.setdefault("evaluation", {})["split"] = "val"  # the test split is never read in a study
+    _carve_calibration(config)  # nor the calibration images: trials fit and score on val's selection part
     track = config.setdefault("tracking", {})
     track.update({"experiment": experiment, "run_name": run_name, "uri": tracking_uri})
     if not log_models:
@@ -312,7 +313,18 @@ def best_config(study, settings: dict) -> dict:
     best = study.best_trial
     config = apply_values(settings["base_config"], best.user_attrs.get(ATTR_VALUES, {}))
     config.setdefault("evaluation", {})["split"] = "test"
+    _carve_calibration(config)
     return config
+
+
+def _carve_calibration(config: dict) -> None:
+    """A study selects on val, whatever the backend: with ``evaluation.calibration_split.source:
+    auto`` its trials and its best config carve the calibration split from val even for a backend
+    that does not select by itself (zero-shot), so the images the final run calibrates on are ones
+    no trial saw (derma_core/data/calibration_split.py)."""
+    split = config.setdefault("evaluation", {}).setdefault("calibration_split", {})
+    if split.get("source", "auto") == "auto":
+        split["source"] = "carve"
 
 
 def best_config_yaml(study, settings: dict) -> str:

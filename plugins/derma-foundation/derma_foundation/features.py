@@ -4,10 +4,10 @@ Extraction streams the split's uint8 images from the memory-mapped prep cache in
 (:func:`derma_core.data.cache.iter_image_batches`; the next batch is gathered in a background
 thread while the model runs), applies the model's own preprocessing on the device and keeps the
 float32 features. The file is keyed by (encoder identity, preprocessing, precision, dataset
-digest, split name and rows) and lives beside the prep cache (``<prepared>/features/``; for an
-in-memory source, ``<data cache dir>/features/``). It is written atomically (temp file +
-``os.replace``), so a second run, or every trial of a tuning study, reads it instead of
-re-extracting, and an interrupted extraction never leaves a torn file.
+digest, split name, rows and their labels with the label set) and lives beside the prep cache
+(``<prepared>/features/``; for an in-memory source, ``<data cache dir>/features/``). It is
+written atomically (temp file + ``os.replace``), so a second run, or every trial of a tuning
+study, reads it instead of re-extracting, and an interrupted extraction never leaves a torn file.
 """
 
 from __future__ import annotations
@@ -36,8 +36,11 @@ EXTRACTIONS = {"count": 0}
 
 
 def dataset_key(split: Split) -> str:
-    """What identifies a split's images: the prepared folder's digest (``manifest.json``) and the
-    split's row ids, or, for an in-memory source without a manifest, a hash of the image bytes."""
+    """What identifies a split: the prepared folder's digest (``manifest.json``), or, for an
+    in-memory source without a manifest, a hash of the image bytes; the split's row ids and image
+    paths; and its labels with the label set. The features depend on the images only, but a
+    split relabelled (another label level of the same images, another label set) gets its own
+    file, so a cache file never stands for rows with other labels than the run's."""
     h = hashlib.sha256()
     manifest = Path(split.root) / "manifest.json"
     digest = None
@@ -54,6 +57,8 @@ def dataset_key(split: Split) -> str:
         h.update(str(Path(split.root).resolve()).encode())
     h.update("\n".join(split.ids).encode())
     h.update("\n".join(str(p) for p in split.frame.get("image_path", [])).encode())
+    h.update(split.label_set.digest.encode())
+    h.update("\n".join(split.labels).encode())
     return h.hexdigest()
 
 
@@ -139,8 +144,8 @@ def split_features(encoder: ImageEncoder, split: Split, config: dict, device: to
     precision = resolve_precision(str(get_dotted(config, "precision", "auto") or "auto"), device)
     batch_size = int(get_dotted(config, "features.batch_size", 64) or 64)
     use_cache = bool(get_dotted(config, "features.cache", True))
-    path = cache_file(encoder, split, config, precision)
-    if use_cache and path.is_file():
+    path = cache_file(encoder, split, config, precision) if use_cache else None
+    if path is not None and path.is_file():
         try:
             feats = np.load(path, mmap_mode=None, allow_pickle=False)
             if feats.ndim == 2 and len(feats) == len(split):
@@ -149,7 +154,7 @@ def split_features(encoder: ImageEncoder, split: Split, config: dict, device: to
             pass
         print(f"features: {path} is unreadable or stale; extracting again", file=sys.stderr)
     feats = extract(encoder, split, device, precision, batch_size, progress)
-    if use_cache:
+    if path is not None:
         _save_atomic(path, feats)
         if not quiet:
             print(f"features: cached {feats.shape} for split {split.name} at {path}", file=sys.stderr)

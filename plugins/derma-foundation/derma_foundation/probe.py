@@ -6,7 +6,9 @@ standardiser and a multinomial ``sklearn.linear_model.LogisticRegression`` (lbfg
 once per value of the inverse regularisation ``probe.C`` grid; the value with the best
 validation macro-F1 is kept (ties: the smaller C, i.e. the stronger regularisation). Class
 weights are the CNN's (:func:`derma_core.weighting.class_weights`). ``train.fraction`` trains on
-a stratified, lesion-grouped share of train (label efficiency: 0.01, 0.1, 1.0).
+a stratified, grouped share of train (whole lesions or patients; label efficiency: 0.01, 0.1, 1.0).
+The probe has one output per class of the training split's label set (any number of classes);
+it predicts only on splits with those classes.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from derma_core.config import get_dotted
 from derma_core.data.splits import grouped_split
 from derma_core.evaluation.metrics import classification_metrics
 from derma_core.interfaces import Predictions, RunContext, Split
-from derma_core.labels import LABELS, NUM_CLASSES
+from derma_core.labels import LabelSet
 from derma_core.weighting import class_weights
 
 from .encoders import ImageEncoder, build_encoder, resolved_values
@@ -27,20 +29,21 @@ from .features import split_features
 
 
 def fraction_rows(split: Split, fraction: float, seed: int) -> np.ndarray:
-    """Row indices of a stratified, lesion-grouped ``fraction`` of ``split`` (all rows at 1.0);
-    every class keeps at least one lesion (:func:`derma_core.data.splits.grouped_split`)."""
+    """Row indices of a stratified, grouped ``fraction`` of ``split`` (all rows at 1.0); every
+    class keeps at least one group (:func:`derma_core.data.splits.grouped_split`)."""
     if not 0 < fraction <= 1:
         raise ValueError(f"train.fraction must be in (0, 1], got {fraction!r}")
     if fraction >= 1:
         return np.arange(len(split))
-    meta = pd.DataFrame({"dx": split.labels, "lesion_id": split.lesion_ids})
+    meta = pd.DataFrame({"dx": split.labels, "group_id": split.group_ids})
     where = grouped_split(meta, (fraction, 1.0 - fraction, 0.0), seed=seed)
     return np.flatnonzero(where.to_numpy() == "train")
 
 
-def full_probabilities(model, features: np.ndarray) -> np.ndarray:
-    """``(N, 7)`` probabilities in LABELS order (0 for a class the probe never saw in training)."""
-    probs = np.zeros((len(features), NUM_CLASSES), dtype=np.float64)
+def full_probabilities(model, features: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(N, K)`` probabilities in the label set's order (K = ``num_classes``; 0 for a class the
+    probe never saw in training)."""
+    probs = np.zeros((len(features), num_classes), dtype=np.float64)
     # float64 in: sklearn computes in the input's dtype, and float32 rows miss summing to one
     probs[:, model.classes_] = model.predict_proba(np.asarray(features, dtype=np.float64))
     return probs
@@ -56,6 +59,7 @@ class LinearProbeClassifier:
         self.encoder: ImageEncoder | None = None
         self.model = None
         self.best_C: float | None = None
+        self.label_set: LabelSet | None = None  # the classes the probe was fitted on
         grid = get_dotted(config, "probe.C", [0.01, 0.1, 1.0, 10.0])
         self.grid = sorted(float(c) for c in (grid if isinstance(grid, list) else [grid]))
         if not self.grid or min(self.grid) <= 0:
@@ -92,18 +96,22 @@ class LinearProbeClassifier:
 
         from sklearn.exceptions import ConvergenceWarning
 
+        train.label_set.require_same(val.label_set, f"validation split {val.name!r}",
+                                     "train and val must have the same classes")
+        self.label_set = train.label_set
+        k = len(self.label_set)
         x_train, hit_train = self._features(train, ctx)
         x_val, hit_val = self._features(val, ctx)
         rows = fraction_rows(train, self.fraction, ctx.seed)
         x, y = np.asarray(x_train[rows], dtype=np.float64), np.asarray(train.y)[rows]
-        cw = class_weights(y, self.weighting, self.cap)
+        cw = class_weights(y, self.weighting, self.cap, num_classes=k)
         weights = None if cw is None else {int(c): float(cw[c]) for c in np.unique(y)}
         scores = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter is the budget; the val score judges
             for step, C in enumerate(ctx.progress(self.grid, desc="probe C grid")):
                 model = self._fit_one(C, x, y, weights)
-                f1 = classification_metrics(val.y, full_probabilities(model, x_val).argmax(axis=1))["macro_f1"]
+                f1 = classification_metrics(val.y, full_probabilities(model, x_val, k).argmax(axis=1), k)["macro_f1"]
                 scores.append((f1, C, model))
                 ctx.log_metrics({"probe_C": C, "probe_val_macro_f1": float(f1)}, step=step)
         best = max(range(len(scores)), key=lambda i: (scores[i][0], -scores[i][1]))
@@ -112,7 +120,8 @@ class LinearProbeClassifier:
             "resolved_model": self.encoder.identity["name"], "pretrained": self.encoder.identity.get("pretrained") or "hub",
             "random_weights": self.encoder.random_weights, "input_size": self.encoder.preprocess.size,
             "feature_dim": int(x_train.shape[1]), "probe_C_grid": self.grid, "train_fraction": self.fraction,
-            "train_images_used": int(len(rows)), "train_lesions_used": int(len(set(np.asarray(train.lesion_ids)[rows]))),
+            "train_images_used": int(len(rows)),
+            "train_groups_used": int(len(set(np.asarray(train.group_ids)[rows]))),
             "class_weights": "none" if cw is None else [round(float(w), 4) for w in cw],
             "features_cached_train": hit_train, "features_cached_val": hit_val,
         })
@@ -122,7 +131,10 @@ class LinearProbeClassifier:
     def predict(self, split: Split, ctx: RunContext) -> Predictions:
         if self.model is None:
             raise RuntimeError("linear_probe: predict() called before fit()")
+        split.label_set.require_same(self.label_set, "this linear probe",
+                                     f"split {split.name!r} must have the classes it was fitted on")
         feats, cached = self._features(split, ctx)
-        probs = full_probabilities(self.model, feats)
-        return Predictions(ids=split.ids, labels=[LABELS[i] for i in probs.argmax(axis=1)], probabilities=probs,
+        probs = full_probabilities(self.model, feats, len(self.label_set))
+        return Predictions(ids=split.ids, labels=split.label_set.decode(probs.argmax(axis=1)), probabilities=probs,
+                           label_set=split.label_set,
                            info={"best_C": self.best_C, "features_cached": cached})

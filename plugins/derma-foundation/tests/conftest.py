@@ -77,4 +77,4 @@ def prior_macro_f1(tiny_dataset) -> float:
     from derma_core.testing import fit_predict
 
     preds = fit_predict(PriorClassifier({}), tiny_dataset)
-    return classification_metrics(tiny_dataset["test"].y, preds.y_pred)["macro_f1"]
+    return classification_metrics(tiny_dataset["test"].y, preds.y_pred, len(tiny_dataset.label_set))["macro_f1"]

@@ -11,13 +11,13 @@ import torch
 
 from derma_core import runner
 from derma_core.evaluation.metrics import classification_metrics
-from derma_core.labels import LABELS
+from derma_core.data.datasets.ham10000 import LABEL_SET as HAM
 from derma_core.testing import make_context
 
 from derma_foundation import features as feats_mod
 from derma_foundation.encoders import BIOMEDCLIP, EncoderError, Preprocess, build_encoder
 from derma_foundation.probe import LinearProbeClassifier, fraction_rows
-from derma_foundation.zeroshot import CLIPZeroShotClassifier, build_prompts
+from derma_foundation.zeroshot import TEMPLATES, CLIPZeroShotClassifier, build_prompts
 
 #: Tiny timm encoders (random init): a 1-block ViT and a 1-block-per-stage ConvNeXt, at 32 px.
 TINY_VIT = {"model.name": "timm:vit_tiny_patch16_224", "model.pretrained": "none",
@@ -35,14 +35,14 @@ def _client():
 
 
 def test_prompts_are_templates_times_class_names():
-    rows = build_prompts(["a photo of {}.", "{}"], "both")
-    assert len(rows) == 7 * 2 * 2
-    assert {r["label"] for r in rows} == set(LABELS)
+    rows = build_prompts(["a photo of {}.", "{}"], "both", HAM)
+    assert len(rows) == len(HAM) * 2 * 2
+    assert [r["label"] for r in rows[::4]] == list(HAM.codes)  # the label set's order
     assert "a photo of melanoma." in [r["prompt"] for r in rows if r["label"] == "mel"]
     assert "nv" in [r["prompt"] for r in rows if r["label"] == "nv"]
-    assert len(build_prompts(["{}"], "code")) == 7
+    assert len(build_prompts(["{}"], "code", HAM)) == len(HAM)
     with pytest.raises(ValueError, match="no \\{\\}"):
-        build_prompts(["a photo"], "both")
+        build_prompts(["a photo"], "both", HAM)
 
 
 def test_preprocess_resizes_crops_and_normalises():
@@ -61,7 +61,7 @@ def test_zeroshot_is_softmax_of_scaled_cosine_with_open_clips_tokenizer(make_con
 
     config = make_config("clip_zeroshot", **{"prompts.templates": ["a dermatoscopic image of {}.", "{}"]})
     clf = CLIPZeroShotClassifier(config)
-    ctx = make_context(config)
+    ctx = make_context(config, dataset=tiny_dataset)
     test = tiny_dataset["test"].subset(np.arange(12))
     clf.fit(tiny_dataset["train"], tiny_dataset["val"], ctx)
     preds = clf.predict(test, ctx)
@@ -75,7 +75,7 @@ def test_zeroshot_is_softmax_of_scaled_cosine_with_open_clips_tokenizer(make_con
         std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
         image = model.encode_image((x - mean) / std, normalize=True)
         classes = []
-        for label, name in zip(LABELS, ["actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma",
+        for label, name in zip(HAM.codes, ["actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma",
                                         "benign keratosis-like lesions", "dermatofibroma", "melanoma",
                                         "melanocytic nevi", "vascular lesions"]):
             texts = [f"a dermatoscopic image of {name}.", name, f"a dermatoscopic image of {label}.", label]
@@ -94,16 +94,21 @@ def test_clip_zeroshot_run_logs_prompts_and_reuses_features(store, make_config, 
     import pandas as pd
 
     prompts = pd.read_csv(path)
-    assert len(prompts) == 7 * 2 * len(config["prompts"]["templates"])
+    # templates auto: the dataset is dermoscopic, so the dermoscopy templates
+    assert config["prompts"]["templates"] == "auto" and tiny_dataset.descriptor.modality == "dermoscopic"
+    assert sorted(set(prompts["template"])) == sorted(TEMPLATES["dermoscopic"])
+    assert len(prompts) == len(tiny_dataset.label_set) * 2 * len(TEMPLATES["dermoscopic"])
     params = client.get_run(first.run_id).data.params
+    assert params["prompt_modality"] == "dermoscopic"
     assert params["resolved_model"] == "tiny-clip" and params["random_weights"] == "True"
     assert params["model"] == "tiny-clip" and params["image_size"] == "64"  # what auto resolved to
     # a second run reads the test features the first one cached
     before = feats_mod.EXTRACTIONS["count"]
     clf = CLIPZeroShotClassifier(config)
-    again = clf.predict(tiny_dataset["test"], make_context(config))
+    again = clf.predict(tiny_dataset["test"], make_context(config, dataset=tiny_dataset))
     assert feats_mod.EXTRACTIONS["count"] == before and again.info["features_cached"]
-    assert classification_metrics(tiny_dataset["test"].y, again.y_pred)["macro_f1"] == first.metrics["test_macro_f1"]
+    k = len(tiny_dataset.label_set)
+    assert classification_metrics(tiny_dataset["test"].y, again.y_pred, k)["macro_f1"] == first.metrics["test_macro_f1"]
 
 
 def test_linear_probe_beats_prior_and_hits_the_feature_cache(store, make_config, tiny_dataset, prior_macro_f1,
@@ -120,29 +125,30 @@ def test_linear_probe_beats_prior_and_hits_the_feature_cache(store, make_config,
 
     monkeypatch.setattr(feats_mod, "extract", no_extraction)
     clf = LinearProbeClassifier(config)
-    ctx = make_context(config)
+    ctx = make_context(config, dataset=tiny_dataset)
     clf.fit(tiny_dataset["train"], tiny_dataset["val"], ctx)
     again = clf.predict(tiny_dataset["test"], ctx)
     assert again.info["features_cached"]
-    assert classification_metrics(tiny_dataset["test"].y, again.y_pred)["macro_f1"] == first.metrics["test_macro_f1"]
+    k = len(tiny_dataset.label_set)
+    assert classification_metrics(tiny_dataset["test"].y, again.y_pred, k)["macro_f1"] == first.metrics["test_macro_f1"]
 
 
 @pytest.mark.parametrize("encoder", [TINY_VIT, TINY_CONVNEXT], ids=["vit", "convnext"])
 def test_probe_on_tiny_timm_models_beats_prior(make_config, tiny_dataset, prior_macro_f1, encoder):
     config = make_config("linear_probe", **encoder, **{"features.cache": False, "probe.C": [0.1, 1.0]})
     clf = LinearProbeClassifier(config)
-    ctx = make_context(config)
+    ctx = make_context(config, dataset=tiny_dataset)
     clf.fit(tiny_dataset["train"], tiny_dataset["val"], ctx)
     assert clf.encoder.preprocess.size == 32
     preds = clf.predict(tiny_dataset["test"], ctx)
-    f1 = classification_metrics(tiny_dataset["test"].y, preds.y_pred)["macro_f1"]
+    f1 = classification_metrics(tiny_dataset["test"].y, preds.y_pred, len(tiny_dataset.label_set))["macro_f1"]
     assert f1 > prior_macro_f1 + 0.05
 
 
 def test_label_efficiency_fraction_is_grouped_and_stratified(tiny_dataset):
     train = tiny_dataset["train"]
     rows = fraction_rows(train, 0.1, seed=0)
-    lesions = np.asarray(train.lesion_ids)
+    lesions = np.asarray(train.group_ids)
     kept = set(lesions[rows])
     assert all(lesions[i] not in kept for i in set(range(len(train))) - set(rows))  # whole lesions only
     assert set(np.asarray(train.labels)[rows]) == set(train.labels)  # every class kept

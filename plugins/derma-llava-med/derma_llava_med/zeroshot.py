@@ -1,9 +1,10 @@
 """The ``llava_zeroshot`` backend: LLaVA-Med asked the original study's question about each image.
 
-``answer_mode: generate`` reproduces the study (greedy answer, parsed by ``parser: seed`` or
-``strict``); ``answer_mode: score`` ranks the seven label strings by likelihood (``</s>``
-after the label included by default, ``inference.include_eos``), which is never invalid and
-gives probabilities. The predict loop -- batching, progress, partial-result resume in
+``answer_mode: generate`` reproduces the study (greedy answer, parsed by ``parser: seed`` --
+HAM10000 only -- or ``strict``); ``answer_mode: score`` ranks the dataset's class codes by
+likelihood (``</s>`` after the code included by default, ``inference.include_eos``), which is
+never invalid and gives probabilities. The question and the codes are the dataset's label
+set's (on HAM10000 exactly the study's). The predict loop -- batching, progress, partial-result resume in
 ``<work_dir>/llava_partial_<split>.jsonl``, sharding over torchrun ranks, the ``model_vqa.py``
 answer files -- is :class:`derma_vlm.classifier.VlmClassifier`'s; this backend supplies the
 LLaVA-Med loader (:func:`derma_llava_med.loading.load_llava`) and its chunked prompt codec.
@@ -20,7 +21,7 @@ PLUGIN_NAME = "llava_zeroshot"
 
 
 class LlavaClassifier(VlmClassifier):
-    """LLaVA(-Med) as a 7-way classifier through VQA. ``fit`` is a no-op (zero-shot)."""
+    """LLaVA(-Med) as a K-way classifier through VQA. ``fit`` is a no-op (zero-shot)."""
 
     name = PLUGIN_NAME
     partial_prefix = "llava"

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from derma_core.config import resolve_config
-from derma_core.labels import LABELS
+from derma_core.data.datasets.ham10000 import LABEL_SET as HAM
 from derma_core.prior import PriorClassifier
 from derma_core.prompts import SEED_PROMPTS
 from derma_core.testing import make_context, make_tiny_dataset
@@ -26,6 +26,7 @@ from derma_vlm.training import (LM_LINEAR_LAYERS, AnswerOnlyCollator, AnswerOnly
                                 class_weights, lora_target_regex, make_trainer_class, trainable_summary)
 
 REPO = Path(__file__).resolve().parents[3]
+CODES = list(HAM.codes)
 
 # Fast settings: a tiny LoRA, a high learning rate, no accumulation, one thread.
 FAST = ["precision=fp32", "train.num_workers=0", "train.batch_size=4", "train.grad_accum=1", "train.lr=3e-3",
@@ -99,7 +100,7 @@ def test_bad_config_values_are_refused():
     with pytest.raises(ValueError, match="lora.target_modules"):
         lora_target_regex(["q_proj", "fc1"])
     with pytest.raises(ValueError, match="class_weighting.mode"):
-        class_weights(np.array([0, 1]), "inverse")
+        class_weights(np.array([0, 1]), "inverse", num_classes=2)
     with pytest.raises(Exception, match="train.sampler"):
         lora_config("train.sampler=oversample")
     with pytest.raises(Exception, match="warmup_ratio"):
@@ -111,12 +112,21 @@ def test_bad_config_values_are_refused():
 
 def test_class_weights_are_the_seed_formula():
     counts = [236, 373, 786, 80, 787, 4773, 95]  # the seed train split
-    y = np.repeat(np.arange(7), counts)
-    np.testing.assert_allclose(class_weights(y, "balanced"), [4.32, 2.73, 1.30, 12.73, 1.29, 0.21, 10.72], atol=0.01)
-    np.testing.assert_allclose(class_weights(y, "balanced", 3.0), [3, 2.73, 1.30, 3, 1.29, 0.21, 3], atol=0.01)
-    assert class_weights(y, "none") is None
-    w = class_weights(np.array([0, 0, 1]), "balanced")
+    y = np.repeat(np.arange(len(HAM)), counts)
+    k = len(HAM)
+    np.testing.assert_allclose(class_weights(y, "balanced", num_classes=k), [4.32, 2.73, 1.30, 12.73, 1.29, 0.21, 10.72],
+                               atol=0.01)
+    np.testing.assert_allclose(class_weights(y, "balanced", 3.0, num_classes=k), [3, 2.73, 1.30, 3, 1.29, 0.21, 3],
+                               atol=0.01)
+    assert class_weights(y, "none", num_classes=k) is None
+    w = class_weights(np.array([0, 0, 1]), "balanced", num_classes=k)
     assert w[2:].sum() == 0 and w[0] < w[1]
+    # any number of classes: N / (K' * count) over the K' classes present, 0 for absent ones
+    np.testing.assert_allclose(class_weights(np.array([0, 1, 1, 1]), "balanced", num_classes=2), [2.0, 2 / 3])
+    many = class_weights(np.array([0, 0, 113]), "balanced", num_classes=114)
+    assert many.shape == (114,) and many[113] == pytest.approx(1.5) and many[1:113].sum() == 0
+    with pytest.raises(ValueError, match="0..1"):
+        class_weights(np.array([0, 2]), "balanced", num_classes=2)
 
 
 # -- the loss mask, token by token with the real tokenizer -----------------------------------------
@@ -125,7 +135,7 @@ def test_loss_mask_is_exactly_answer_and_eos(tiny, prompt):
     tok, question = tiny.tokenizer, SEED_PROMPTS[prompt]
     n = tiny.n_image_tokens
     before, after = f"[INST] <image>\n{question} [/INST]".split("<image>")
-    for label in LABELS:
+    for label in CODES:
         ids, labels = encode_training_example(tok, question, label, tiny.image_token_id, n)
         # an independent rendering: the whole training turn, chunked at <image> as LLaVA does
         turn_tail = tok(after + f" {label}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -150,7 +160,7 @@ def test_dataset_collator_and_loss_match_the_models_own_loss(tiny, model_cache):
     assert item["class_index"] == ds["train"].y[3]
     assert item["pixel_values"].shape == (1, 3, 32, 32)
     # the generic example is exactly LLaVA's chunked training turn
-    ids, labels = encode_training_example(loaded.tokenizer, SEED_PROMPTS["p1"], LABELS[item["class_index"]],
+    ids, labels = encode_training_example(loaded.tokenizer, SEED_PROMPTS["p1"], CODES[item["class_index"]],
                                           loaded.image_token_id, loaded.n_image_tokens)
     assert item["input_ids"].tolist() == ids and item["labels"].tolist() == labels
     batch = AnswerOnlyCollator(pad_token_id=0)([train[i] for i in range(5)])  # labels of different lengths
@@ -169,7 +179,7 @@ def test_dataset_collator_and_loss_match_the_models_own_loss(tiny, model_cache):
         ref = model(**{k: v for k, v in batch.items() if k != "class_index"}).loss
     assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
     # per-class weights scale each example's answer tokens
-    trainer.loss_class_weights = torch.tensor([2.0] * 7)
+    trainer.loss_class_weights = torch.tensor([2.0] * len(HAM))
     model.train()
     with torch.no_grad():
         doubled = Trainer.compute_loss(trainer, model, batch)
@@ -241,7 +251,7 @@ def trained(tmp_path_factory, model_cache):
     images = [ds["test"].load_image(i) for i in range(len(ds["test"]))]
     from derma_vlm.scoring import score_labels
 
-    in_memory = score_labels(loaded, images, SEED_PROMPTS["p1"])
+    in_memory = score_labels(loaded, images, SEED_PROMPTS["p1"], CODES)
     predictions = clf.predict(ds["test"], ctx)
     return {"ds": ds, "clf": clf, "ctx": ctx, "config": config, "in_memory": in_memory, "predictions": predictions}
 
@@ -275,7 +285,8 @@ def test_best_epoch_is_the_saved_adapter(trained):
 
     loaded = clf._load(trained["ctx"])
     val_images = [ds["val"].load_image(i) for i in range(len(ds["val"]))]
-    f1 = classification_metrics(ds["val"].y, score_labels(loaded, val_images, SEED_PROMPTS["p1"]).argmax(1))["macro_f1"]
+    f1 = classification_metrics(ds["val"].y, score_labels(loaded, val_images, SEED_PROMPTS["p1"], CODES).argmax(1),
+                                len(HAM))["macro_f1"]
     assert f1 == pytest.approx(clf.train_info["best_val_macro_f1"], abs=1e-9)
 
 
@@ -312,7 +323,7 @@ def test_merge_exports_a_model_that_predicts_the_same(trained, tmp_path):
     folder = clf.export_merged(ctx)
     merged = load_llava({"model": {"name": str(folder)}, "precision": "fp32"}, "cpu")
     images = [ds["test"].load_image(i) for i in range(8)]
-    np.testing.assert_allclose(score_labels(merged, images, SEED_PROMPTS["p1"]), trained["in_memory"][:8],
+    np.testing.assert_allclose(score_labels(merged, images, SEED_PROMPTS["p1"], CODES), trained["in_memory"][:8],
                                rtol=0, atol=1e-4)
 
 
@@ -340,7 +351,7 @@ def test_qlora_4bit_path_runs_on_cpu(tmp_path, model_cache):
     assert not any("multi_modal_projector" in n or "vision_tower" in n
                    for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit))
     preds = clf.predict(ds["test"], ctx)
-    assert preds.probabilities.shape == (7, 7) and np.isfinite(preds.probabilities).all()
+    assert preds.probabilities.shape == (7, len(HAM)) and np.isfinite(preds.probabilities).all()
     assert isinstance(clf.loaded.model.model.language_model.layers[0].self_attn.q_proj.get_base_layer(),
                       bnb.nn.Linear4bit)
 

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from derma_core.config import resolve_config
+from derma_core.data.datasets.ham10000 import LABEL_SET as HAM
 from derma_core.prompts import SEED_PROMPTS
 from derma_core.testing import make_context, make_tiny_dataset
 from derma_llava_med.loading import load_llava
@@ -28,6 +29,7 @@ from derma_vlm.generation import generate_answers
 from derma_vlm.scoring import brute_force_scores, score_labels, softmax
 
 P1 = SEED_PROMPTS["p1"]
+CODES = list(HAM.codes)
 PRECISIONS = ["fp32", "bf16"]
 PROB_ATOL = 0.05
 
@@ -64,12 +66,12 @@ def models(model_cache):
 def test_zero_shot_score_and_generate_agree_across_precisions(models, images):
     assert next(models["bf16"].model.parameters()).dtype == torch.bfloat16
     assert models["bf16"].model.model.vision_tower.dtype == torch.bfloat16
-    probs = {p: softmax(score_labels(models[p], images, P1, batch_size=5)) for p in PRECISIONS}
+    probs = {p: softmax(score_labels(models[p], images, P1, CODES, batch_size=5)) for p in PRECISIONS}
     assert np.abs(probs["bf16"] - probs["fp32"]).max() < PROB_ATOL
     assert (probs["bf16"].argmax(1) == probs["fp32"].argmax(1)).all()
     # the fast scorer equals brute force in bf16 too (the same autocast on both paths)
-    np.testing.assert_allclose(score_labels(models["bf16"], images[:1], P1),
-                               brute_force_scores(models["bf16"], images[:1], P1), atol=0.05)
+    np.testing.assert_allclose(score_labels(models["bf16"], images[:1], P1, CODES),
+                               brute_force_scores(models["bf16"], images[:1], P1, CODES), atol=0.05)
     answers = {p: generate_answers(models[p], images, P1, max_new_tokens=2) for p in PRECISIONS}
     assert answers["bf16"] == answers["fp32"]
     assert all(a for a in answers["bf16"])
@@ -113,7 +115,7 @@ def test_merged_model_scores_like_base_plus_adapter(lora_run):
     assert (merged_dir / "config.json").exists()
     merged = load_llava({"model": {"name": str(merged_dir), "allow_random": True}, "precision": precision}, "cpu")
     images = [ds["test"].load_image(i) for i in range(len(ds["test"]))]
-    probs = softmax(score_labels(merged, images, P1))
+    probs = softmax(score_labels(merged, images, P1, CODES))
     atol = 1e-4 if precision == "fp32" else PROB_ATOL  # merging rounds W + BA once more in bf16
     np.testing.assert_allclose(probs, lora_run["scores"].probabilities, atol=atol)
 

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from derma_core import plugins
 from derma_core.answers import evaluate_answer_files
-from derma_core.labels import LABELS
+from derma_core.data.datasets.ham10000 import LABEL_SET as HAM
+from derma_core.labels import LabelSet
 from derma_core.prompts import SEED_PROMPTS
 from derma_core.testing import make_context, make_tiny_dataset
 from derma_llava_med.prompting import (
@@ -21,6 +22,7 @@ from derma_llava_med.zeroshot import LlavaClassifier
 from derma_vlm.generation import generate_answers
 
 P1 = SEED_PROMPTS["p1"]
+CODES = list(HAM.codes)
 
 
 def _config(**kw):
@@ -32,7 +34,7 @@ def _config(**kw):
 
 @pytest.mark.parametrize("name", ["p0", "p1", "p2", "p4"])
 def test_prompts_render_exactly(tiny, name):
-    question = plugins.get_prompt_builder(name)(LABELS)
+    question = plugins.get_prompt_builder(name)(HAM)
     assert question == SEED_PROMPTS[name]
     assert render_prompt(question) == f"[INST] <image>\n{question} [/INST]"
     text = tiny.processor.apply_chat_template(
@@ -50,7 +52,7 @@ def test_prompts_render_exactly(tiny, name):
 
 def test_p2_keeps_double_spaces_and_p4_its_typo():
     assert "(akiec),  Basal" in SEED_PROMPTS["p2"] and SEED_PROMPTS["p4"].endswith("nv or vsc?")
-    perms = {plugins.get_prompt_builder(f"p1_perm{k}")(LABELS) for k in range(6)}
+    perms = {plugins.get_prompt_builder(f"p1_perm{k}")(HAM) for k in range(6)}
     assert len(perms) == 6 and P1 not in perms
 
 
@@ -67,23 +69,23 @@ def test_training_example_masks_everything_but_answer_and_eos(tiny):
 def test_score_mode_equals_brute_force(tiny, images):
     from derma_vlm.scoring import brute_force_scores, continuation_branches, label_token_ids, score_labels
 
-    ids = label_token_ids(tiny.codec, include_eos=False)
+    ids = label_token_ids(tiny.codec, CODES, include_eos=False)
     assert ids[1][0] == ids[2][0] and len(ids[0]) == 3  # bcc/bkl share ▁b; akiec is three pieces
     branches, _ = continuation_branches(ids)
     assert len(branches) == 3
     imgs = images[:2]
-    fast = score_labels(tiny, imgs, P1, batch_size=2, include_eos=False)
-    slow = brute_force_scores(tiny, imgs, P1, include_eos=False)
+    fast = score_labels(tiny, imgs, P1, CODES, batch_size=2, include_eos=False)
+    slow = brute_force_scores(tiny, imgs, P1, CODES, include_eos=False)
     np.testing.assert_allclose(fast, slow, atol=2e-4, rtol=1e-5)
     assert np.ptp(fast, axis=1).min() > 0.1  # non-trivial: labels score differently
     # the default scores the answer as the model emits it: label then </s>; every label needs a
     # continuation branch, and the one-piece-free rule holds (mel is ▁mel + </s>, not ▁mel alone)
-    eos_ids = label_token_ids(tiny.codec)
+    eos_ids = label_token_ids(tiny.codec, CODES)
     assert all(i[-1] == tiny.tokenizer.eos_token_id and i[:-1] == j for i, j in zip(eos_ids, ids))
-    fast_eos = score_labels(tiny, imgs, P1, batch_size=2)
-    np.testing.assert_allclose(fast_eos, brute_force_scores(tiny, imgs, P1), atol=2e-4, rtol=1e-5)
+    fast_eos = score_labels(tiny, imgs, P1, CODES, batch_size=2)
+    np.testing.assert_allclose(fast_eos, brute_force_scores(tiny, imgs, P1, CODES), atol=2e-4, rtol=1e-5)
     assert (fast_eos < fast).all()  # the end of the answer costs probability: no prefix mass collected
-    norm = score_labels(tiny, imgs[:2], P1, length_normalize=True, include_eos=False)
+    norm = score_labels(tiny, imgs[:2], P1, CODES, length_normalize=True, include_eos=False)
     np.testing.assert_allclose(norm, fast[:2] / np.array([len(i) for i in ids]), atol=1e-6)
 
 
@@ -91,10 +93,10 @@ def test_score_equals_model_loss_without_image_token_exclusion(tiny, images):
     """Against transformers' own loss on the full sequence (image token left in the softmax)."""
     from derma_vlm.scoring import label_token_ids, score_labels
 
-    fast = score_labels(tiny, images[:1], P1, exclude_suppressed=False)
+    fast = score_labels(tiny, images[:1], P1, CODES, exclude_suppressed=False)
     prompt = encode_prompt(tiny.tokenizer, P1, tiny.image_token_id, tiny.n_image_tokens)
     pixels = tiny.codec.prompt_inputs(images[:1], [P1])["pixel_values"]
-    for j, lab in enumerate(label_token_ids(tiny.codec)):
+    for j, lab in enumerate(label_token_ids(tiny.codec, CODES)):
         seq = torch.tensor([prompt + lab])
         labels = torch.tensor([[-100] * len(prompt) + lab])
         with torch.no_grad():
@@ -113,8 +115,8 @@ def test_batched_equals_unbatched(tiny, images):
     qs = [P1, SEED_PROMPTS["p4"], SEED_PROMPTS["p0"]]
     mixed = generate_answers(tiny, images[:3], qs, max_new_tokens=6)
     assert mixed == [generate_answers(tiny, [im], q, max_new_tokens=6)[0] for im, q in zip(images[:3], qs)]
-    np.testing.assert_allclose(score_labels(tiny, images, P1, batch_size=5),
-                               score_labels(tiny, images, P1, batch_size=1), atol=2e-4)
+    np.testing.assert_allclose(score_labels(tiny, images, P1, CODES, batch_size=5),
+                               score_labels(tiny, images, P1, CODES, batch_size=1), atol=2e-4)
 
 
 def test_generate_no_stop_gives_exact_length(tiny, images):
@@ -133,9 +135,14 @@ def test_predict_score_mode_gives_probabilities(tiny, dataset, tmp_path):
     ctx = make_context(clf.config, tmp_path)
     clf.fit(dataset["train"], dataset["val"], ctx)
     preds = clf.predict(dataset["test"], ctx)
-    assert preds.probabilities.shape == (10, 7)
+    assert preds.probabilities.shape == (10, len(HAM))
     np.testing.assert_allclose(preds.probabilities.sum(axis=1), 1.0)
-    assert preds.labels == [LABELS[k] for k in preds.probabilities.argmax(axis=1)]
+    assert preds.labels == [HAM.codes[k] for k in preds.probabilities.argmax(axis=1)]
+    # the study's strings are what is scored: p1 and the seven codes, as before label sets existed
+    from derma_vlm.scoring import score_labels, softmax
+
+    images = [dataset["test"].load_image(i) for i in range(len(dataset["test"]))]
+    np.testing.assert_allclose(preds.probabilities, softmax(score_labels(tiny, images, P1, CODES)), atol=1e-12)
     assert None not in preds.labels and preds.info["n_invalid"] == 0
     answers = [json.loads(l) for l in (tmp_path / "answers_test.jsonl").read_text().splitlines()]
     assert [a["question_id"] for a in answers] == dataset["test"].ids
@@ -152,7 +159,8 @@ def test_predict_generate_writes_model_vqa_files(tiny, dataset, tmp_path):
     assert preds.info["n_invalid"] == sum(l is None for l in preds.labels)
     assert sum(preds.info["failures"].values()) == preds.info["n_invalid"]
     # the written files go through eval-answers to the same labels
-    ev = evaluate_answer_files(tmp_path / "questions_test.jsonl", tmp_path / "answers_test.jsonl", "strict")
+    ev = evaluate_answer_files(tmp_path / "questions_test.jsonl", tmp_path / "answers_test.jsonl", "strict",
+                               label_set=HAM)
     assert ev.predictions.labels == preds.labels and not ev.missing and not ev.extra
 
 
@@ -267,3 +275,26 @@ def test_seed_preset_is_model_vqa_settings():
     ds = make_tiny_dataset(n_train=7, n_val=7, n_test=3, size=24)
     preds = clf.predict(ds["test"], make_context(config))
     assert clf.loaded.dtype == torch.float16 and len(preds.raw_text) == 3 and preds.info["parser"] == "seed"
+
+
+def test_score_and_strict_generate_on_a_three_class_dataset(tiny, tmp_path):
+    """Another label set: the question lists its codes, its codes are scored, strict parsing reads its names."""
+    from derma_core.answers import strict_parse
+    from derma_vlm.scoring import score_labels, softmax
+
+    three = LabelSet(codes=("scc", "sk", "nev"), names=("Squamous cell carcinoma", "Seborrheic keratosis", "Mole"))
+    ds = make_tiny_dataset(n_train=3, n_val=3, n_test=5, size=24, label_set=three)
+    clf = LlavaClassifier(_config(answer_mode="score"))
+    clf.loaded = tiny
+    preds = clf.predict(ds["test"], make_context(clf.config, tmp_path / "score", dataset=ds))
+    question = "Classify this skin lesion. Answer with only one label: scc, sk, or nev."
+    assert preds.info["question"] == question and preds.label_set == three
+    images = [ds["test"].load_image(i) for i in range(len(ds["test"]))]
+    np.testing.assert_allclose(preds.probabilities, softmax(score_labels(tiny, images, question, list(three.codes))),
+                               atol=1e-12)
+    gen = LlavaClassifier(_config(parser="strict"))
+    gen.loaded = tiny
+    answers = gen.predict(ds["test"], make_context(gen.config, tmp_path / "gen", dataset=ds))
+    assert answers.label_set == three and answers.labels == [strict_parse(t, three)[0] for t in answers.raw_text]
+    with pytest.raises(ValueError, match="parser seed"):  # the study's parser knows HAM10000's classes only
+        LlavaClassifier(_config()).predict(ds["test"], make_context(gen.config, tmp_path / "seed", dataset=ds))

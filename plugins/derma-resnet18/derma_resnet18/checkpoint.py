@@ -4,7 +4,10 @@ One file, ``<work_dir>/checkpoint.pt``, rewritten after every epoch (temp file +
 ``os.replace``: a crash or SIGKILL leaves the previous complete checkpoint, never a torn one).
 It holds plain tensors, numbers, strings, lists and dicts only: model and best-epoch weights,
 optimizer, scheduler and grad-scaler states, every RNG state (as tensors), the epoch, the
-metric history, the early-stopping state and the config.
+metric history, the early-stopping state, the config and the label set the model was trained on
+(``labels``: :meth:`~derma_core.labels.LabelSet.to_dict`). A checkpoint is only ever loaded on
+a dataset with the same classes (:func:`require_same_labels`); checkpoints of format ``/1``
+predate label sets and hold HAM10000's seven classes.
 """
 
 from __future__ import annotations
@@ -17,7 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-FORMAT = "derma-resnet18-checkpoint/1"
+from derma_core.labels import LabelSet
+
+FORMAT = "derma-resnet18-checkpoint/2"
+#: The format before checkpoints recorded their label set (every one was trained on HAM10000).
+LEGACY_FORMAT = "derma-resnet18-checkpoint/1"
+FORMATS = (FORMAT, LEGACY_FORMAT)
 FILENAME = "checkpoint.pt"
 
 
@@ -89,7 +97,35 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {path} cannot be read ({first}); it is damaged or not a "
                               "derma-resnet18 checkpoint") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in FORMATS:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"checkpoint {path} has format {found!r}, expected {FORMAT!r}")
     return data
+
+
+def checkpoint_labels(data: dict[str, Any]) -> LabelSet | None:
+    """The label set a derma checkpoint (or a file holding one) was trained on: its ``labels``;
+    HAM10000's for a ``/1`` checkpoint (they predate label sets); None for anything else."""
+    if not isinstance(data, dict):
+        return None
+    if data.get("labels") is not None:
+        try:
+            return LabelSet.from_dict(data["labels"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CheckpointError(f"checkpoint: its recorded label set is unreadable ({exc})") from None
+    if data.get("format") == LEGACY_FORMAT:
+        from derma_core.data.datasets.ham10000 import LABEL_SET
+
+        return LABEL_SET
+    return None
+
+
+def require_same_labels(data: dict[str, Any], label_set: LabelSet, what: str, where: str) -> LabelSet:
+    """The checkpoint's label set, which must have ``label_set``'s classes in the same order;
+    otherwise one line naming both class lists (``what`` names the file, ``where`` what to do)."""
+    trained = checkpoint_labels(data)
+    if trained is None:
+        raise CheckpointError(f"{what} records no label set, so it cannot be checked against the dataset's "
+                              f"classes ({', '.join(label_set.codes)}); {where}")
+    label_set.require_same(trained, what, where)
+    return trained

@@ -1,6 +1,8 @@
 """The ``resnet18`` backend (alias ``cnn``): :class:`ResNet18Classifier` (fit, predict, log_model).
 
-``model.arch`` picks the network (``resnet18``: torchvision's, the default; any timm name).
+``model.arch`` picks the network (``resnet18``: torchvision's, the default; any timm name). The
+head has one output per class of the training split's label set; checkpoints and the logged
+model record that label set, and a checkpoint is only loaded on a dataset with the same classes.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import torch
 
 from derma_core.config import get_dotted
 from derma_core.interfaces import Predictions, RunContext, Split
-from derma_core.labels import LABELS
+from derma_core.labels import LabelSet
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, require_same_labels
 from .data import SplitImages
 from .model import ProbabilityModel, build_model, build_net, is_timm_arch, load_weights_into, timm_preprocessing
 from .recipe import (class_weights, recipe_from_config, resolve_channels_last, resolve_num_workers,
@@ -37,6 +39,7 @@ class ResNet18Classifier:
         self.runtime: Runtime | None = None
         self.image_size: int | None = None
         self.best_epoch: int | None = None
+        self.label_set: LabelSet | None = None  # the classes the model was trained on
 
     # -- setup --------------------------------------------------------------------------------
     def _runtime(self, ctx: RunContext, cached: bool) -> Runtime:
@@ -67,10 +70,13 @@ class ResNet18Classifier:
         fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
         return model.to(device=rt.device, memory_format=fmt)
 
-    def _checkpoint(self) -> dict:
-        """The ``checkpoint: PATH`` file, read once (resolve and fit both need it)."""
+    def _checkpoint(self, label_set: LabelSet) -> dict:
+        """The ``checkpoint: PATH`` file, read once (resolve and fit both need it); refused in one
+        line when it was trained on other classes than ``label_set`` (the dataset's)."""
         if getattr(self, "_loaded_checkpoint", None) is None:
             self._loaded_checkpoint = load_checkpoint(Path(self.recipe.checkpoint).expanduser())
+        require_same_labels(self._loaded_checkpoint, label_set, f"checkpoint={self.recipe.checkpoint}",
+                            "evaluate it on a dataset with those classes, or train a model on this one")
         return self._loaded_checkpoint
 
     def resolve(self, config: dict, dataset, ctx: RunContext) -> dict:
@@ -84,7 +90,7 @@ class ResNet18Classifier:
                "train.channels_last": resolve_channels_last(recipe.channels_last, ctx.device, precision),
                "train.num_workers": resolve_num_workers(recipe.num_workers, ctx.device, train_split.cache is not None)}
         if recipe.checkpoint:  # evaluation of a trained model: no training in this run
-            ck = self._checkpoint()
+            ck = self._checkpoint(train_split.label_set)
             out.update({"model.weights": f"checkpoint:{recipe.checkpoint}", "train.epochs": 0,
                         "train.image_size": int(recipe.image_size or ck.get("image_size")
                                                 or self._input_size(train_split))})
@@ -107,10 +113,11 @@ class ResNet18Classifier:
         if rt.rank == 0 and train_split.cache is None:
             print("resnet18: the train split has no prep cache: decoding JPEGs every epoch (slow); "
                   "`derma prep` builds the cache", file=sys.stderr)
-        model = build_model(weights, recipe.dropout, progress=not ctx.quiet, arch=recipe.arch,
+        self.label_set = train_split.label_set
+        model = build_model(weights, recipe.dropout, self.label_set, progress=not ctx.quiet, arch=recipe.arch,
                             kwargs=recipe.arch_kwargs, image_size=size)
         self.model = self._to_device(model, rt)
-        cw = class_weights(train_split.y, recipe.weighting, recipe.cap)
+        cw = class_weights(train_split.y, recipe.weighting, recipe.cap, num_classes=len(self.label_set))
         # weights, epochs, precision, image size, world size: the curated params (see resolve)
         ctx.tracker.log_params({
             **recipe.params(),
@@ -130,13 +137,14 @@ class ResNet18Classifier:
             ctx.tracker.log_figure(curves_figure(state.history, state.best_epoch), "figures/training_curves.png")
 
     def _load_for_evaluation(self, path: str, ctx: RunContext, rt: Runtime, train_split: Split) -> None:
-        ck = self._checkpoint()
+        ck = self._checkpoint(train_split.label_set)
+        self.label_set = train_split.label_set
         state = ck.get("best_model") or ck["model"]
         ck_config = ck.get("config") or {}
         dropout = float(get_dotted(ck_config, "model.dropout", 0.0) or 0.0)
         arch = str(get_dotted(ck_config, "model.arch", "resnet18") or "resnet18")
         size = int(self.recipe.image_size or ck.get("image_size") or self._input_size(train_split))
-        model = build_net(arch, dropout, len(LABELS), get_dotted(ck_config, "model.kwargs") or {}, size)
+        model = build_net(arch, dropout, len(self.label_set), get_dotted(ck_config, "model.kwargs") or {}, size)
         load_weights_into(model, state, f"checkpoint={path}")
         self.model = self._to_device(model, rt)
         self.image_size = size
@@ -148,12 +156,14 @@ class ResNet18Classifier:
         """Class probabilities (softmax) for every image of ``split``; the label is the argmax."""
         if self.model is None or self.runtime is None:
             raise RuntimeError("resnet18: predict() called before fit()")
+        split.label_set.require_same(self.label_set, "this resnet18 model", f"split {split.name!r} must have "
+                                     "the classes it was trained on")
         logits = predict_logits(self.model, SplitImages(split, self.image_size), self.runtime,
                                 max(self.recipe.batch_size, 64), self.image_size, desc=f"predict {split.name}",
                                 progress=ctx.progress)
         probs = softmax(logits)
-        labels = [LABELS[i] for i in probs.argmax(axis=1)]
-        return Predictions(ids=split.ids, labels=labels, probabilities=probs,
+        labels = split.label_set.decode(probs.argmax(axis=1))
+        return Predictions(ids=split.ids, labels=labels, probabilities=probs, label_set=split.label_set,
                            info={"best_epoch": self.best_epoch, "image_size": self.image_size,
                                  "precision": self.runtime.precision})
 
@@ -167,9 +177,18 @@ class ResNet18Classifier:
     def log_model(self, ctx: RunContext) -> str | None:
         """Log the model with ``mlflow.pytorch`` (rank 0 only): MLflow's default ``pt2`` format
         (``torch.export``, loadable without derma installed) with a signature inferred from a
-        uint8 input example. The example holds two images so the batch dimension stays dynamic."""
+        uint8 input example. The example holds two images so the batch dimension stays dynamic.
+        The model's metadata records its classes (``classes``: the output columns' codes in order;
+        ``label_set``: the whole label set), read back with ``mlflow.models.get_model_info(uri).metadata``."""
         if not ctx.is_main_process or self.model is None:
             return None
         model = self.inference_model()
         example = np.zeros((2, self.image_size, self.image_size, 3), dtype=np.uint8)
-        return ctx.tracker.log_pytorch_model(model, name="model", input_example=example, serialization_format="pt2")
+        return ctx.tracker.log_pytorch_model(model, name="model", input_example=example, serialization_format="pt2",
+                                             metadata=model_metadata(self.label_set))
+
+
+def model_metadata(label_set: LabelSet) -> dict:
+    """The logged model's MLflow metadata: its output columns' class codes and the label set."""
+    return {"classes": list(label_set.codes), "label_set": label_set.to_dict(),
+            "output": "class probabilities (batch, classes), one column per class in `classes` order"}

@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from derma_core.data.cache import check_cache, image_side, read_images
 from derma_core.interfaces import Split
-from derma_core.labels import NUM_CLASSES
 from derma_core.reproducibility import seed_worker
 
 
@@ -65,7 +64,7 @@ class BalancedDistributedSampler(DistributedSampler):
 
     def __init__(self, dataset: SplitImages, num_replicas: int, rank: int, seed: int) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
-        counts = np.bincount(dataset.y, minlength=NUM_CLASSES).astype(np.float64)
+        counts = np.bincount(dataset.y, minlength=len(dataset.split.label_set)).astype(np.float64)
         self.weights = torch.from_numpy(1.0 / counts[dataset.y])
 
     def __iter__(self) -> Iterator[int]:

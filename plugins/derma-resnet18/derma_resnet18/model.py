@@ -1,4 +1,4 @@
-"""The network: a backbone with dropout before a 7-way head, and its weights.
+"""The network: a backbone with dropout before a K-way head (K = the dataset's classes), and its weights.
 
 The original used timm's ``resnet18(drop_rate=p)``: global average pool, dropout, linear head.
 ``model.arch: resnet18`` (the default) is :class:`DermaResNet18`, the same architecture on
@@ -20,7 +20,9 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
-from derma_core.labels import NUM_CLASSES
+from derma_core.labels import LabelSet
+
+from .checkpoint import checkpoint_labels
 
 #: ImageNet normalisation (the seed's, and torchvision's weights').
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,9 +34,10 @@ class WeightsError(RuntimeError):
 
 
 class DermaResNet18(nn.Module):
-    """ResNet-18 backbone -> global pool -> dropout -> linear head (``num_classes``)."""
+    """ResNet-18 backbone -> global pool -> dropout -> linear head (``num_classes``: the size
+    of the dataset's label set)."""
 
-    def __init__(self, num_classes: int = NUM_CLASSES, dropout: float = 0.0) -> None:
+    def __init__(self, num_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.backbone = resnet18(weights=None)
         self.backbone.fc = nn.Identity()
@@ -84,11 +87,13 @@ def _load_file(path: Path, what: str) -> dict:
     return obj
 
 
-def read_weights_file(path: str | os.PathLike, what: str = "model.weights") -> dict[str, torch.Tensor]:
+def read_weights_file(path: str | os.PathLike, what: str = "model.weights",
+                      label_set: LabelSet | None = None) -> dict[str, torch.Tensor]:
     """A state dict from ``path`` (loaded with ``weights_only=True``; ``.safetensors`` too).
 
     Accepts a plain state dict, a derma checkpoint (its ``best_model`` or ``model``) or a
-    ``{"state_dict": ...}`` wrapper.
+    ``{"state_dict": ...}`` wrapper. A derma checkpoint trained on other classes than
+    ``label_set`` (the run's) is refused in one line naming both class lists.
     """
     path = Path(path).expanduser()
     if path.suffix == ".safetensors":
@@ -100,6 +105,10 @@ def read_weights_file(path: str | os.PathLike, what: str = "model.weights") -> d
             raise WeightsError(f"{what}: {path} does not exist")
         return load_file(str(path))
     obj = _load_file(path, what)
+    trained = checkpoint_labels(obj)
+    if label_set is not None and trained is not None:
+        label_set.require_same(trained, f"{what}={path}", "use weights trained on this dataset's classes, "
+                               "or backbone-only weights (model.weights=imagenet or a torchvision/timm state dict)")
     for key in ("best_model", "model", "state_dict"):
         if isinstance(obj.get(key), dict):
             return obj[key]
@@ -119,8 +128,8 @@ def _load_strict(module: nn.Module, state: dict, source: str, what: str) -> None
 
 def load_into(model: DermaResNet18, state: dict[str, torch.Tensor], source: str) -> str:
     """Load ``state`` into ``model``: derma's layout (``backbone.*``/``head.*``) fully, or
-    torchvision's (``conv1.*`` ... ``fc.*``) into the backbone, with its ``fc`` only when it is
-    7-way. Returns what was loaded ("full" or "backbone"); mismatches are one-line errors."""
+    torchvision's (``conv1.*`` ... ``fc.*``) into the backbone, with its ``fc`` only when it has
+    the head's shape. Returns what was loaded ("full" or "backbone"); mismatches are one-line errors."""
     state = {k.removeprefix("module."): v for k, v in state.items()}  # DDP-saved dicts
     if any(k.startswith("backbone.") for k in state):
         _load_strict(model, state, source, "a DermaResNet18 state dict")
@@ -129,7 +138,7 @@ def load_into(model: DermaResNet18, state: dict[str, torch.Tensor], source: str)
     body = {k: v for k, v in state.items() if not k.startswith("fc.")}
     _load_strict(model.backbone, body, source, "a ResNet-18 state dict")
     if head.get("weight") is not None and tuple(head["weight"].shape) == tuple(model.head.weight.shape):
-        _load_strict(model.head, head, source, "a 7-way ResNet-18 head")
+        _load_strict(model.head, head, source, f"a {model.head.out_features}-way ResNet-18 head")
         return "full"
     return "backbone"
 
@@ -189,7 +198,7 @@ class TimmNet(nn.Module):
     a second normalisation pass), so ``training.py`` and the logged model need no per-arch code.
     """
 
-    def __init__(self, arch: str, num_classes: int = NUM_CLASSES, dropout: float = 0.0,
+    def __init__(self, arch: str, num_classes: int, dropout: float = 0.0,
                  kwargs: dict | None = None, image_size: int | None = None, pretrained: bool = False) -> None:
         super().__init__()
         timm = _timm()
@@ -244,7 +253,7 @@ def _timm_pretrained(arch: str, dropout: float, num_classes: int, kwargs: dict |
 
 def load_timm_into(model: TimmNet, state: dict[str, torch.Tensor], source: str) -> str:
     """Load a derma state dict (``backbone.*``/``head.*``) fully, or a timm model's state dict into
-    the backbone (its classifier keys are dropped: the 7-way head stays fresh)."""
+    the backbone (its classifier keys are dropped: the K-way head stays fresh)."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if any(k.startswith("backbone.") for k in state):
         _load_strict(model, state, source, f"a derma {model.arch} state dict")
@@ -258,7 +267,7 @@ def load_timm_into(model: TimmNet, state: dict[str, torch.Tensor], source: str) 
     return "backbone"
 
 
-def build_net(arch: str, dropout: float, num_classes: int = NUM_CLASSES, kwargs: dict | None = None,
+def build_net(arch: str, dropout: float, num_classes: int, kwargs: dict | None = None,
               image_size: int | None = None) -> nn.Module:
     """The untrained network of ``arch`` (random init; what checkpoints are loaded into)."""
     if not is_timm_arch(arch):
@@ -273,14 +282,17 @@ def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], source: 
     return load_into(model, state, source)
 
 
-def build_model(weights: str, dropout: float, num_classes: int = NUM_CLASSES, progress: bool = True,
+def build_model(weights: str, dropout: float, label_set: LabelSet, progress: bool = True,
                 arch: str = TORCHVISION_ARCH, kwargs: dict | None = None,
                 image_size: int | None = None) -> nn.Module:
-    """The network of ``arch`` with ``weights``: ``imagenet``, ``none`` (random init) or a PATH.
+    """The network of ``arch`` with ``weights``: ``imagenet``, ``none`` (random init) or a PATH,
+    its head one output per class of ``label_set`` (the training split's).
 
     ``resnet18`` is :class:`DermaResNet18` (torchvision); any other ``arch`` a :class:`TimmNet`
     (``kwargs`` go to ``timm.create_model``; ``image_size`` sizes fixed-input models such as ViTs).
+    A PATH holding a derma checkpoint of other classes is refused (one line naming both lists).
     """
+    num_classes = len(label_set)
     if weights == "auto":
         raise ValueError("model.weights=auto must be resolved (recipe.resolve_weights) before build_model")
     if is_timm_arch(arch):
@@ -288,7 +300,7 @@ def build_model(weights: str, dropout: float, num_classes: int = NUM_CLASSES, pr
             return _timm_pretrained(arch, dropout, num_classes, kwargs, image_size)
         model = TimmNet(arch, num_classes, dropout, kwargs, image_size)
         if weights != "none":
-            load_timm_into(model, read_weights_file(weights), f"model.weights={weights}")
+            load_timm_into(model, read_weights_file(weights, label_set=label_set), f"model.weights={weights}")
         return model
     model = DermaResNet18(num_classes, dropout)
     if weights == "none":
@@ -296,14 +308,15 @@ def build_model(weights: str, dropout: float, num_classes: int = NUM_CLASSES, pr
     if weights == "imagenet":
         load_into(model, imagenet_state_dict(progress), "ImageNet weights")
         return model
-    load_into(model, read_weights_file(weights), f"model.weights={weights}")
+    load_into(model, read_weights_file(weights, label_set=label_set), f"model.weights={weights}")
     return model
 
 
 class ProbabilityModel(nn.Module):
     """What is logged to MLflow: RGB uint8 images ``(B, H, W, 3)`` in, class probabilities
-    ``(B, 7)`` out (LABELS order). Resizing to the trained size and ImageNet normalisation are
-    inside, so the logged model needs no derma code to preprocess."""
+    ``(B, K)`` out (in the label set's order, which the logged model's metadata records).
+    Resizing to the trained size and ImageNet normalisation are inside, so the logged model
+    needs no derma code to preprocess."""
 
     def __init__(self, net: nn.Module, image_size: int) -> None:
         super().__init__()

@@ -23,7 +23,8 @@ from derma_core.evaluation.metrics import classification_metrics, probability_me
 from derma_core.interfaces import RunContext
 
 from .augment import BatchAugment, eval_batch, train_batch
-from .checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (checkpoint_path, load_checkpoint, require_same_labels, rng_state, save_checkpoint,
+                         set_rng_state)
 from .data import SplitImages, eval_loader, shard, train_loader
 from .recipe import Recipe
 
@@ -101,7 +102,7 @@ def all_reduce_sum(values: list[float], rt: Runtime) -> list[float]:
 @torch.no_grad()
 def predict_logits(model: nn.Module, dataset: SplitImages, rt: Runtime, batch_size: int, size: int,
                    desc: str = "predict", progress=None) -> np.ndarray:
-    """float32 logits (N, 7) for every row of ``dataset``, on every rank (each rank computes its
+    """float32 logits (N, K) for every row of ``dataset``, on every rank (each rank computes its
     shard; the shards are gathered)."""
     model.eval()
     rows = shard(len(dataset), rt.rank, rt.world) if rt.distributed else np.arange(len(dataset))
@@ -121,12 +122,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
 
 
-def validation_metrics(y: np.ndarray, logits: np.ndarray, criterion: nn.Module) -> dict[str, float]:
-    """val_loss (the training criterion), accuracy, balanced accuracy, macro-F1 and macro AUROC."""
+def validation_metrics(y: np.ndarray, logits: np.ndarray, criterion: nn.Module, label_set) -> dict[str, float]:
+    """val_loss (the training criterion), accuracy, balanced accuracy, macro-F1 and macro AUROC
+    over the classes of ``label_set``."""
     loss = float(criterion(torch.from_numpy(logits).float(), torch.tensor(y, dtype=torch.int64)).item())
     probs = softmax(logits)
-    cls = classification_metrics(y, probs.argmax(axis=1))
-    auroc = probability_metrics(y, probs)[0]["macro_auroc"]
+    cls = classification_metrics(y, probs.argmax(axis=1), len(label_set))
+    auroc = probability_metrics(y, probs, label_set)[0]["macro_auroc"]
     return {"val_loss": loss, "val_accuracy": cls["accuracy"], "val_balanced_accuracy": cls["balanced_accuracy"],
             "val_macro_f1": cls["macro_f1"], "val_auroc": auroc}
 
@@ -195,8 +197,9 @@ def train(model: nn.Module, train_set: SplitImages, val_set: SplitImages, recipe
 
     state = TrainState()
     ckpt_file = checkpoint_path(ctx.work_dir)
+    label_set = train_set.split.label_set
     if ctx.resume and ckpt_file.exists():
-        state = _restore(ckpt_file, model, optimizer, scheduler, scaler, rt, config)
+        state = _restore(ckpt_file, model, optimizer, scheduler, scaler, rt, config, label_set)
         _note(rt, f"resuming after epoch {state.epoch} from {ckpt_file}")
     elif ctx.resume:
         _note(rt, f"--resume: no checkpoint in {ctx.work_dir}; training from the start")
@@ -211,7 +214,7 @@ def train(model: nn.Module, train_set: SplitImages, val_set: SplitImages, recipe
             sync_buffers(model, rt)  # rank 0's BatchNorm statistics on every rank, before evaluating
             t_val = time.perf_counter()
             val_logits = predict_logits(model, val_set, rt, max(recipe.batch_size, 64), size)
-            metrics.update(validation_metrics(val_y, val_logits, criterion_cpu))
+            metrics.update(validation_metrics(val_y, val_logits, criterion_cpu, label_set))
             metrics["epoch_seconds"] += time.perf_counter() - t_val
             score = _score(metrics["val_macro_f1"])
             state.epoch = epoch
@@ -225,7 +228,7 @@ def train(model: nn.Module, train_set: SplitImages, val_set: SplitImages, recipe
             early = recipe.patience > 0 and state.since_best >= recipe.patience
             state.done = early or epoch >= recipe.epochs
             if rt.rank == 0:
-                _save(ckpt_file, model, optimizer, scheduler, scaler, state, config, size)
+                _save(ckpt_file, model, optimizer, scheduler, scaler, state, config, size, label_set)
             saved_epoch = epoch
             if early and epoch < recipe.epochs:
                 _note(rt, f"early stop after epoch {epoch}: no val macro-F1 gain for {recipe.patience} epochs")
@@ -281,7 +284,8 @@ def _train_epoch(ddp_model, model, loader, optimizer, scheduler, scaler, criteri
             "images_per_second": total_seen / seconds if seconds > 0 else float("nan")}
 
 
-def _save(path, model, optimizer, scheduler, scaler, state: TrainState, config: dict, size: int) -> None:
+def _save(path, model, optimizer, scheduler, scaler, state: TrainState, config: dict, size: int,
+          label_set) -> None:
     save_checkpoint(path, {
         "epoch": state.epoch,
         "done": state.done,
@@ -297,11 +301,14 @@ def _save(path, model, optimizer, scheduler, scaler, state: TrainState, config: 
         "rng": rng_state(),
         "image_size": int(size),
         "config": config,
+        "labels": label_set.to_dict(),
     })
 
 
-def _restore(path, model, optimizer, scheduler, scaler, rt: Runtime, config: dict) -> TrainState:
+def _restore(path, model, optimizer, scheduler, scaler, rt: Runtime, config: dict, label_set) -> TrainState:
     ck = load_checkpoint(path)
+    require_same_labels(ck, label_set, f"the checkpoint {path}",
+                        "resume it on the dataset it was trained on, or start a new run")
     changed = [k for k in _TRAINING_KEYS if (ck.get("config") or {}).get(k) != config.get(k)]
     if changed:
         _note(rt, f"warning: the config differs from the checkpoint's in {', '.join(changed)}; "

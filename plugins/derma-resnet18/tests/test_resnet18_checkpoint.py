@@ -73,3 +73,25 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path):
     torch.save({"weights": torch.zeros(1)}, other)
     with pytest.raises(C.CheckpointError, match="format"):
         C.load_checkpoint(other)
+
+
+def test_checkpoints_record_their_label_set(tmp_path):
+    """A checkpoint's ``labels`` round-trip under weights_only; a /1 checkpoint (before label
+    sets) holds HAM10000's seven classes; a mismatch is one line naming both class lists."""
+    from derma_core.data.datasets.ham10000 import LABEL_SET as HAM
+    from derma_core.labels import LabelSet
+
+    three = LabelSet(codes=("a", "b", "c"), names=("A", "B", "C"), synonyms={"a": ("alpha",)})
+    path = C.save_checkpoint(tmp_path / "checkpoint.pt", {"epoch": 1, "labels": three.to_dict()})
+    ck = C.load_checkpoint(path)
+    assert C.checkpoint_labels(ck) == three
+    assert C.require_same_labels(ck, LabelSet(codes=("a", "b", "c")), "ck", "do X") == three  # names may differ
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"format": C.LEGACY_FORMAT, "epoch": 3}, legacy)
+    assert C.checkpoint_labels(C.load_checkpoint(legacy)) == HAM
+    with pytest.raises(ValueError) as info:
+        C.require_same_labels(C.load_checkpoint(legacy), three, f"checkpoint {legacy}", "do X")
+    message = str(info.value)
+    assert "\n" not in message and ", ".join(HAM.codes) in message and "a, b, c" in message
+    with pytest.raises(C.CheckpointError, match="records no label set"):
+        C.require_same_labels({"format": C.FORMAT}, three, "ck", "do X")

@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 
 from derma_core.config import ConfigError, resolve_config
-from derma_core.labels import LABELS
+from derma_core.data.datasets.ham10000 import LABEL_SET as HAM
 from derma_resnet18 import recipe as R
+
+K = len(HAM)
 
 #: SEED_FACTS: train-split image counts [akiec..vasc] of the seed split, and the seed's weights.
 SEED_TRAIN_COUNTS = [236, 373, 786, 80, 787, 4773, 95]
@@ -34,9 +36,9 @@ def labels_from_counts(counts):
 def test_class_weights_reproduce_seed_facts():
     y = labels_from_counts(SEED_TRAIN_COUNTS)
     assert len(y) == 7130
-    np.testing.assert_allclose(R.class_weights(y, "uncapped"), SEED_UNCAPPED, atol=0.005)
-    np.testing.assert_allclose(R.class_weights(y, "capped", 3.0), SEED_CAPPED, atol=0.005)
-    assert R.class_weights(y, "none") is None
+    np.testing.assert_allclose(R.class_weights(y, "uncapped", num_classes=K), SEED_UNCAPPED, atol=0.005)
+    np.testing.assert_allclose(R.class_weights(y, "capped", 3.0, num_classes=K), SEED_CAPPED, atol=0.005)
+    assert R.class_weights(y, "none", num_classes=K) is None
 
 
 def test_class_weights_from_real_seed_split(tmp_path):
@@ -47,22 +49,37 @@ def test_class_weights_from_real_seed_split(tmp_path):
     from derma_core.data.splits import seed_split
 
     meta = pd.read_csv(meta_path, dtype=str, keep_default_na=False)
-    where = seed_split(meta)
-    train_dx = meta.loc[where == "train", "dx"].map(LABELS.index).to_numpy()
-    assert np.bincount(train_dx, minlength=7).tolist() == SEED_TRAIN_COUNTS
-    np.testing.assert_allclose(R.class_weights(train_dx, "uncapped"), SEED_UNCAPPED, atol=0.005)
-    np.testing.assert_allclose(R.class_weights(train_dx, "capped", 3.0), SEED_CAPPED, atol=0.005)
+    where = seed_split(meta, group="lesion_id")  # the raw metadata names its groups lesion_id
+    train_dx = HAM.encode(meta.loc[where == "train", "dx"].tolist())
+    assert np.bincount(train_dx, minlength=K).tolist() == SEED_TRAIN_COUNTS
+    np.testing.assert_allclose(R.class_weights(train_dx, "uncapped", num_classes=K), SEED_UNCAPPED, atol=0.005)
+    np.testing.assert_allclose(R.class_weights(train_dx, "capped", 3.0, num_classes=K), SEED_CAPPED, atol=0.005)
 
 
 def test_class_weights_edge_cases():
     y = np.array([0, 0, 1, 5])  # classes 2, 3, 4, 6 absent
-    w = R.class_weights(y, "uncapped")
-    assert w[2] == 0 and w[3] == 0 and np.isfinite(w).all()
+    w = R.class_weights(y, "uncapped", num_classes=7)
+    assert w.shape == (7,) and w[2] == 0 and w[3] == 0 and np.isfinite(w).all()
     assert w[0] == pytest.approx(4 / (7 * 2))
     with pytest.raises(ValueError, match="class_weighting.mode"):
-        R.class_weights(y, "sqrt")
+        R.class_weights(y, "sqrt", num_classes=7)
     with pytest.raises(ValueError, match="empty"):
-        R.class_weights(np.array([], dtype=int), "capped")
+        R.class_weights(np.array([], dtype=int), "capped", num_classes=7)
+    with pytest.raises(ValueError, match="label index 5 is outside 0..2"):
+        R.class_weights(y, "capped", num_classes=3)  # labels of a bigger label set
+    with pytest.raises(TypeError):
+        R.class_weights(y, "capped")  # K is the dataset's: never a default
+
+
+@pytest.mark.parametrize("counts", [[30, 10], [5, 40, 15], [1] * 113 + [200]], ids=["2", "3", "114"])
+def test_class_weights_for_any_number_of_classes(counts):
+    """w_c = N / (K * count_c) with K the label set's size, capped at 3 by default."""
+    y = labels_from_counts(counts)
+    k = len(counts)
+    expected = len(y) / (k * np.asarray(counts, dtype=float))
+    np.testing.assert_allclose(R.class_weights(y, "uncapped", num_classes=k), expected)
+    np.testing.assert_allclose(R.class_weights(y, "capped", 3.0, num_classes=k), np.minimum(expected, 3.0))
+    np.testing.assert_allclose(R.class_weights(y, "balanced", num_classes=k), expected)
 
 
 def test_default_config_is_the_seed_recipe():

@@ -8,6 +8,7 @@ import torch
 
 from derma_core import runner
 from derma_core.config import resolve_config
+from derma_core.data.datasets.ham10000 import LABEL_SET as HAM
 
 from derma_resnet18.augment import normalize
 from derma_resnet18.model import TimmNet, WeightsError, build_model, timm_preprocessing
@@ -44,19 +45,19 @@ def test_own_normalisation_is_restored_exactly():
     batch, TimmNet's backbone sees exactly the 0.5/0.5-normalised image."""
     prep = timm_preprocessing("vit_tiny_patch16_224")
     assert prep.mean == (0.5, 0.5, 0.5) and prep.input_size == 224
-    net = TimmNet("vit_tiny_patch16_224", kwargs=TINY_VIT["model.kwargs"], image_size=32).eval()
+    net = TimmNet("vit_tiny_patch16_224", len(HAM), kwargs=TINY_VIT["model.kwargs"], image_size=32).eval()
     assert net.renormalise
     seen = {}
     net.backbone.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0]))
     images = torch.randint(0, 256, (2, 3, 32, 32)).float()
     net(normalize(images))
     assert torch.allclose(seen["x"], (images / 255 - 0.5) / 0.5, atol=1e-5)
-    assert not TimmNet("convnext_atto", kwargs=TINY_CONVNEXT["model.kwargs"]).renormalise  # ImageNet's own
+    assert not TimmNet("convnext_atto", len(HAM), kwargs=TINY_CONVNEXT["model.kwargs"]).renormalise  # ImageNet's own
 
 
 def test_unknown_arch_and_offline_weights_are_one_line(monkeypatch, tmp_path):
     with pytest.raises(WeightsError, match="not torchvision's resnet18 nor a timm model"):
-        build_model("none", 0.0, arch="no_such_net")
+        build_model("none", 0.0, HAM, arch="no_such_net")
     import huggingface_hub.constants as hf
 
     monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
@@ -64,7 +65,7 @@ def test_unknown_arch_and_offline_weights_are_one_line(monkeypatch, tmp_path):
     monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(WeightsError) as info:
-        build_model("imagenet", 0.0, arch="convnext_atto")
+        build_model("imagenet", 0.0, HAM, arch="convnext_atto")
     message = str(info.value)
     assert "\n" not in message and "huggingface-cli download timm/convnext_atto" in message
     assert "model.weights=none" in message
@@ -76,7 +77,8 @@ def _prior_macro_f1(config: dict) -> float:
     from derma_core.testing import fit_predict
 
     data = runner.load_dataset(config)
-    return classification_metrics(data["test"].y, fit_predict(PriorClassifier({}), data).y_pred)["macro_f1"]
+    return classification_metrics(data["test"].y, fit_predict(PriorClassifier({}), data).y_pred,
+                                  len(data.label_set))["macro_f1"]
 
 
 def test_timm_convnext_beats_prior_resumes_and_reloads(store, synthetic_cache):

@@ -103,6 +103,10 @@ def test_beats_prior_and_logs_everything(store, synthetic_cache, reference):
     uri = f"runs:/{result.run_id}/model"
     info = mlflow.models.get_model_info(uri)
     assert info.signature is not None and info.signature.inputs is not None
+    # the logged model records its output columns' classes: the dataset's label set
+    dataset = load_dataset(config)
+    assert info.metadata["classes"] == list(dataset.label_set.codes)
+    assert info.metadata["label_set"] == dataset.label_set.to_dict()
     loaded = mlflow.pytorch.load_model(uri)
     # in the precision the run predicted in (`auto` is bf16 on CPUs with native bf16)
     bf16 = params["precision"] == "bf16"

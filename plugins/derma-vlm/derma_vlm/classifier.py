@@ -1,7 +1,10 @@
-""":class:`VlmClassifier`: a vision-language model as a 7-way classifier through VQA.
+""":class:`VlmClassifier`: a vision-language model as a K-way classifier through VQA.
 
-``answer_mode: generate`` asks the question and parses the greedy answer (``parser: seed`` or
-``strict``); ``answer_mode: score`` ranks the label strings by likelihood
+Everything class-dependent comes from the split's label set: the question (the prompt builder
+gets it), the answers scored (each class's code; a backend may score other strings per class,
+:meth:`VlmClassifier.answer_strings`) and the parser's classes. ``answer_mode: generate`` asks
+the question and parses the greedy answer (``parser: seed``, HAM10000 only, or ``strict``);
+``answer_mode: score`` ranks the classes' answer strings by likelihood
 (:mod:`derma_vlm.scoring`), which is never invalid and gives probabilities. Prediction is
 batched, shows a progress bar and streams its rows to ``<work_dir>/<prefix>_partial_<split>.jsonl``
 so an interrupted run resumes where it stopped. Under torchrun each rank predicts its own shard
@@ -23,7 +26,7 @@ import numpy as np
 
 from derma_core.config import get_dotted as _get
 from derma_core.interfaces import Predictions, RunContext, Split
-from derma_core.labels import LABELS
+from derma_core.labels import LabelSet
 
 from .distributed import gather_dicts, shard
 from .partial import PartialResults
@@ -31,12 +34,13 @@ from .partial import PartialResults
 ANSWER_MODES = ("generate", "score")
 
 
-def build_question(config: dict) -> str:
-    """The question text for the config's ``prompt`` (through the prompt-builder registry)."""
+def build_question(config: dict, label_set: LabelSet) -> str:
+    """The question text for the config's ``prompt`` and the dataset's label set (through the
+    prompt-builder registry; a prompt the label set cannot have is refused in one line)."""
     from derma_core import plugins
 
     builder = plugins.get_prompt_builder(config.get("prompt") or "p1")
-    return builder(LABELS)
+    return builder(label_set)
 
 
 class VlmClassifier:
@@ -68,13 +72,29 @@ class VlmClassifier:
         return self.loaded
 
     def fit(self, train: Split, val: Split, ctx: RunContext) -> None:
-        """Zero-shot: nothing to train."""
+        """Zero-shot: nothing to train (the label set is checked all the same)."""
+        self.check_label_set(train.label_set)
 
-    def question(self) -> str:
-        return build_question(self.config)
+    def question(self, label_set: LabelSet) -> str:
+        return build_question(self.config, label_set)
+
+    def answer_strings(self, label_set: LabelSet) -> list[list[str]]:
+        """Per class (in ``label_set`` order) the answer strings score mode scores for it: its code
+        (what the LoRA backends train the model to answer)."""
+        return [[code] for code in label_set.codes]
+
+    def check_label_set(self, label_set: LabelSet) -> None:
+        """One line, before any model loads, when this config cannot run on ``label_set``: a prompt
+        worded for another dataset, or the seed parser (HAM10000's) in generate mode."""
+        self.question(label_set)
+        if self.config.get("answer_mode", "generate") == "generate":
+            from derma_core.answers import check_parser
+
+            check_parser(self.config.get("parser", "seed"), label_set)
 
     def _signature(self, loaded, split: Split, question: str) -> dict:
-        return {"split": split.name, "question": question, "model_id": loaded.model_id,
+        return {"split": split.name, "question": question, "labels": self.answer_strings(split.label_set),
+                "model_id": loaded.model_id,
                 "folder": str(loaded.folder), **{k: _get(self.config, k) for k in self.signature_keys},
                 "extra": self._signature_extra()}
 
@@ -93,6 +113,7 @@ class VlmClassifier:
         """The runner's hook (/tmp/coord/resolved.md, ``derma_core.runner.resolve_run_config``):
         what this run's ``auto`` values resolve to -- ``model.name`` and ``precision`` -- from the
         same functions loading uses, so the curated MLflow params show what runs."""
+        self.check_label_set(dataset.label_set)
         return self.resolved_values(config, ctx.device)
 
     def resolved_values(self, config: dict, device: str) -> dict[str, Any]:
@@ -102,9 +123,11 @@ class VlmClassifier:
         return {"precision": dtype_name(resolve_dtype(_get(config, "precision", "auto") or "auto", device))}
 
     def predict(self, split: Split, ctx: RunContext) -> Predictions:
+        label_set = split.label_set
+        self.check_label_set(label_set)
         loaded = self._load(ctx)
         mode = self.config.get("answer_mode", "generate")
-        question = self.question()
+        question = self.question(label_set)
         batch_size = int(_get(self.config, "inference.batch_size", 8))
         partial = PartialResults(self._partial_path(ctx, split), self._signature(loaded, split, question))
         done = partial.load()
@@ -120,7 +143,7 @@ class VlmClassifier:
                 rows_idx = todo[start:start + batch_size]
                 images = [split.load_image(i) for i in rows_idx]
                 qids = [ids[i] for i in rows_idx]
-                rows = (self._score_batch(loaded, images, question, qids) if mode == "score"
+                rows = (self._score_batch(loaded, images, question, qids, label_set) if mode == "score"
                         else self._generate_batch(loaded, images, question, qids))
                 partial.append(rows)
                 bar.update(len(rows))
@@ -134,9 +157,9 @@ class VlmClassifier:
         if not ctx.is_main_process:
             # The runner evaluates rank 0's predictions only; this rank's shard is returned as is.
             return self._to_predictions([ids[i] for i in mine], [mine_rows[ids[i]] for i in mine], mode, question,
-                                        loaded)
+                                        loaded, label_set)
         rows = [all_rows[qid] for qid in ids]
-        predictions = self._to_predictions(ids, rows, mode, question, loaded)
+        predictions = self._to_predictions(ids, rows, mode, question, loaded, label_set)
         n_computed = sum(p["n"] for p in per_rank.values())
         wall = max(p["seconds"] for p in per_rank.values())
         predictions.info.update({"seconds": wall, "images_computed": n_computed,
@@ -154,33 +177,35 @@ class VlmClassifier:
                                  max_new_tokens=int(_get(self.config, "inference.max_new_tokens", 64)))
         return [{"id": q, "text": t} for q, t in zip(qids, texts)]
 
-    def _score_batch(self, loaded, images: list, question: str, qids: list[str]) -> list[dict]:
-        from .scoring import score_labels
+    def _score_batch(self, loaded, images: list, question: str, qids: list[str], label_set: LabelSet) -> list[dict]:
+        from .scoring import score_classes
 
-        scores = score_labels(loaded, images, question, LABELS,
-                              length_normalize=bool(_get(self.config, "inference.length_normalize", False)),
-                              include_eos=bool(_get(self.config, "inference.include_eos", True)),
-                              batch_size=len(images))
+        scores = score_classes(loaded, images, question, self.answer_strings(label_set),
+                               length_normalize=bool(_get(self.config, "inference.length_normalize", False)),
+                               include_eos=bool(_get(self.config, "inference.include_eos", True)),
+                               batch_size=len(images))
         return [{"id": q, "scores": [float(x) for x in s]} for q, s in zip(qids, scores)]
 
-    def _to_predictions(self, ids: list[str], rows: list[dict], mode: str, question: str, loaded) -> Predictions:
+    def _to_predictions(self, ids: list[str], rows: list[dict], mode: str, question: str, loaded,
+                        label_set: LabelSet) -> Predictions:
         info: dict[str, Any] = {"answer_mode": mode, "prompt": self.config.get("prompt"), "question": question,
                                 "model_id": loaded.model_id}
         if mode == "score":
             from .scoring import softmax
 
-            scores = np.array([r["scores"] for r in rows], dtype=np.float64).reshape(len(rows), len(LABELS))
+            scores = np.array([r["scores"] for r in rows], dtype=np.float64).reshape(len(rows), len(label_set))
             probs = softmax(scores)
-            labels = [LABELS[int(k)] for k in probs.argmax(axis=1)]
+            labels = [label_set.codes[int(k)] for k in probs.argmax(axis=1)]
             info.update({"n_invalid": 0, "length_normalize": bool(_get(self.config, "inference.length_normalize")),
                          "include_eos": bool(_get(self.config, "inference.include_eos", True))})
-            return Predictions(ids=ids, labels=labels, probabilities=probs, raw_text=labels, info=info)
+            return Predictions(ids=ids, labels=labels, probabilities=probs, raw_text=labels, info=info,
+                               label_set=label_set)
         from derma_core.answers import parse_answers
 
         texts = [r["text"] for r in rows]
-        report = parse_answers(texts, self.config.get("parser", "seed"))
+        report = parse_answers(texts, self.config.get("parser", "seed"), label_set=label_set)
         info.update(report.as_info())
-        return Predictions(ids=ids, labels=report.labels, raw_text=texts, info=info)
+        return Predictions(ids=ids, labels=report.labels, raw_text=texts, info=info, label_set=label_set)
 
     def _write_vqa_files(self, split: Split, predictions: Predictions, question: str, loaded,
                          ctx: RunContext) -> None:
@@ -192,7 +217,7 @@ class VlmClassifier:
         frame = split.frame
         texts = predictions.raw_text or [label or "" for label in predictions.labels]
         q_path = write_questions(Path(ctx.work_dir) / f"questions_{split.name}.jsonl", (
-            question_row(str(qid), Path(str(path)).name, question, str(label))
+            question_row(str(qid), Path(str(path)).name, question, str(label), label_set=split.label_set)
             for qid, path, label in zip(frame["id"], frame["image_path"], frame["label"])))
         meta = {"answer_mode": predictions.info.get("answer_mode")}
         a_path = write_answers(Path(ctx.work_dir) / f"answers_{split.name}.jsonl", (

@@ -11,9 +11,10 @@ in MLflow and in ``derma compare`` (same config keys, answer modes, parsers, par
 set and ``google/medgemma-4b-it`` on any other data; a tiny model on real data is refused unless
 ``model.allow_random: true``.
 
-Label scoring can use verbalizer sets per class (``inference.verbalizer``): ``code`` (``mel``),
-``name`` (``Melanoma``) or ``both``, a class's score being the log-sum-exp of its verbalizations'
-log-likelihoods (the probability that the answer is any of them).
+Label scoring can use verbalizer sets per class of the dataset's label set
+(``inference.verbalizer``): ``code`` (``mel``), ``name`` (its display name, ``Melanoma``) or
+``both``, a class's score being the log-sum-exp of its verbalizations' log-likelihoods (the
+probability that the answer is any of them).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 
 from derma_core import hookimpl
 from derma_core.config import get_dotted as _cfg
-from derma_core.labels import CLINICAL_NAMES, LABELS
+from derma_core.labels import LabelSet
 
 from .classifier import VlmClassifier
 from .lora import VlmLoraClassifier
@@ -131,35 +132,35 @@ def load_generic(config: dict, device: str = "cpu"):
                   device=str(device), dtype=dtype, folder=Path(folder), info=info)
 
 
-def verbalizations(verbalizer: str) -> list[list[str]]:
-    """Per class (in :data:`LABELS` order) the answer strings scored for it."""
+def check_verbalizer(verbalizer: str) -> str:
     if verbalizer not in VERBALIZERS:
         raise ValueError(f"inference.verbalizer must be one of {', '.join(VERBALIZERS)}, got {verbalizer!r}")
-    return [([code] if verbalizer in ("code", "both") else []) +
-            ([CLINICAL_NAMES[code]] if verbalizer in ("name", "both") else []) for code in LABELS]
+    return verbalizer
 
 
-def score_classes(loaded, images: list, question: str, verbalizer: str = "code", **kwargs) -> np.ndarray:
-    """Class log-likelihoods ``(N, 7)``: every class's verbalizations scored in one pass of
-    :func:`derma_vlm.scoring.score_labels` (one prefill per image), combined per class by
-    log-sum-exp. ``kwargs`` go to ``score_labels`` (``include_eos``, ``length_normalize``, ...)."""
-    from scipy.special import logsumexp
-
-    from .scoring import score_labels
-
-    sets = verbalizations(verbalizer)
-    flat = [s for group in sets for s in group]
-    scores = score_labels(loaded, images, question, flat, **kwargs)
-    out = np.zeros((len(images), len(LABELS)), dtype=np.float64)
-    start = 0
-    for j, group in enumerate(sets):
-        out[:, j] = logsumexp(scores[:, start:start + len(group)], axis=1)
-        start += len(group)
+def verbalizations(verbalizer: str, label_set: LabelSet) -> list[list[str]]:
+    """Per class (in ``label_set`` order) the answer strings scored for it: its code, its display
+    name, or both (once where the name is the code)."""
+    check_verbalizer(verbalizer)
+    out = []
+    for code, name in zip(label_set.codes, label_set.names):
+        strings = ([code] if verbalizer in ("code", "both") else []) + \
+            ([name] if verbalizer in ("name", "both") else [])
+        out.append(list(dict.fromkeys(strings)))
     return out
 
 
+def score_classes(loaded, images: list, question: str, label_set: LabelSet, verbalizer: str = "code",
+                  **kwargs) -> np.ndarray:
+    """Class log-likelihoods ``(N, K)`` of ``label_set``'s classes under ``verbalizer``
+    (:func:`derma_vlm.scoring.score_classes`: one prefill per image, log-sum-exp per class)."""
+    from .scoring import score_classes as score
+
+    return score(loaded, images, question, verbalizations(verbalizer, label_set), **kwargs)
+
+
 class GenericVlmClassifier(VlmClassifier):
-    """Any image-text-to-text model as a 7-way classifier through VQA (zero-shot)."""
+    """Any image-text-to-text model as a K-way classifier through VQA (zero-shot)."""
 
     name = ZEROSHOT_NAME
     partial_prefix = "vlm"
@@ -168,28 +169,22 @@ class GenericVlmClassifier(VlmClassifier):
 
     def __init__(self, config: dict) -> None:
         super().__init__(config)
-        verbalizations(str(_cfg(config, "inference.verbalizer", "code") or "code"))  # refuse bad values early
+        check_verbalizer(str(_cfg(config, "inference.verbalizer", "code") or "code"))  # refuse bad values early
 
     def load_base(self, config: dict, device: str):
         return load_generic(config, device)
 
-    def resolve(self, config: dict, dataset, ctx) -> dict:
+    def resolved_values(self, config: dict, device: str) -> dict:
         """What ``auto`` means in this run: the model (tiny on synthetic data, MedGemma elsewhere)
         and the compute precision on this device (the curated MLflow params log these)."""
-        from .precision import dtype_name, resolve_dtype
+        return {**super().resolved_values(config, device), "model.name": resolve_model_name(config)}
 
-        return {"model.name": resolve_model_name(config),
-                "precision": dtype_name(resolve_dtype(_cfg(config, "precision", "auto") or "auto", ctx.device))}
+    def answer_strings(self, label_set: LabelSet) -> list[list[str]]:
+        """The ``inference.verbalizer`` strings of each class: code, display name or both."""
+        return verbalizations(str(_cfg(self.config, "inference.verbalizer", "code") or "code"), label_set)
 
-    def _score_batch(self, loaded, images: list, question: str, qids: list[str]) -> list[dict]:
-        scores = score_classes(loaded, images, question, str(_cfg(self.config, "inference.verbalizer", "code")),
-                               length_normalize=bool(_cfg(self.config, "inference.length_normalize", False)),
-                               include_eos=bool(_cfg(self.config, "inference.include_eos", True)),
-                               batch_size=len(images))
-        return [{"id": q, "scores": [float(x) for x in s]} for q, s in zip(qids, scores)]
-
-    def _to_predictions(self, ids, rows, mode, question, loaded):
-        predictions = super()._to_predictions(ids, rows, mode, question, loaded)
+    def _to_predictions(self, ids, rows, mode, question, loaded, label_set):
+        predictions = super()._to_predictions(ids, rows, mode, question, loaded, label_set)
         predictions.info.update({"model_family": loaded.codec.family.name,
                                  "end_of_turn": loaded.codec.end_of_turn_text,
                                  "system_prompt": loaded.codec.system_prompt})

@@ -11,7 +11,9 @@ checkpoint (``derma run --resume``). Every forward -- training, per-epoch scorin
 prediction -- follows the model's one dtype policy (:mod:`derma_vlm.precision`).
 
 The adapter is saved as safetensors under ``<work_dir>/adapter`` with the base model's id
-(``adapter_config.json`` and tag ``derma.base_model``) and logged with the run. ``predict`` is
+(``adapter_config.json`` and tag ``derma.base_model``) and the label set it was trained on
+(``derma_adapter.json``), and logged with the run; an adapter is used only on a dataset with the
+same classes in the same order (anything else is refused in one line). ``predict`` is
 :class:`~derma_vlm.classifier.VlmClassifier`'s, unchanged: the base model is loaded exactly as
 for zero-shot and the adapter put on it. ``lora.adapter: PATH`` skips training and evaluates an
 existing adapter; ``merge: true`` also writes a merged full model. Under torchrun (or
@@ -38,6 +40,7 @@ import numpy as np
 
 from derma_core.config import get_dotted as _get
 from derma_core.interfaces import RunContext, Split
+from derma_core.labels import LabelSet
 
 from .classifier import VlmClassifier
 from .training import LM_LAYERS, PROJECTOR
@@ -62,6 +65,22 @@ def adapter_checksum(folder: Path) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+def adapter_label_set(info: dict, folder: Path) -> LabelSet | None:
+    """The label set an adapter folder's ``derma_adapter.json`` (``info``) records. derma wrote
+    adapters before it recorded label sets only for HAM10000 (its one dataset then), so a derma
+    adapter without one is HAM10000's; a folder without ``derma_adapter.json`` gives None."""
+    if "label_set" in info:
+        try:
+            return LabelSet.from_dict(info["label_set"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{folder / ADAPTER_INFO}: label_set is not a valid label set ({exc})") from None
+    if info:
+        from derma_core.data.datasets.ham10000 import LABEL_SET
+
+        return LABEL_SET
+    return None
 
 
 def _unwrap_peft(model):
@@ -93,6 +112,8 @@ class VlmLoraClassifier(VlmClassifier):
         self.train_info: dict[str, Any] = {}
         #: After fit, until predict loads the saved adapter: (peft model, Loaded) of training.
         self.trained: tuple[Any, Any] | None = None
+        #: The label set the adapter in use was trained on (None: not known, see _use_adapter).
+        self.adapter_label_set: LabelSet | None = None
 
     # -- config --------------------------------------------------------------------------------
     def _c(self, key: str, default: Any = None) -> Any:
@@ -115,21 +136,30 @@ class VlmLoraClassifier(VlmClassifier):
     # -- training ------------------------------------------------------------------------------
     def fit(self, train: Split, val: Split, ctx: RunContext) -> None:
         self._validate()
+        self.check_label_set(train.label_set)
         given = self._c("lora.adapter")
         if given:
             folder = Path(given).expanduser()
             if not (folder / "adapter_config.json").exists():
                 raise FileNotFoundError(f"lora.adapter {str(folder)!r} has no adapter_config.json: not a peft "
                                         "adapter folder (a LoRA run writes one to <work_dir>/adapter)")
-            self._use_adapter(folder, ctx, trained_here=False)
+            self._use_adapter(folder, ctx, trained_here=False, label_set=train.label_set)
             return
         out = Path(ctx.work_dir) / ADAPTER_DIR
         if ctx.resume and (out / ADAPTER_INFO).exists():
             log.info("%s: resuming a run whose training had finished; reusing %s", self.name, out)
             self.train_info = json.loads((out / ADAPTER_INFO).read_text()).get("training", {})
-            self._use_adapter(out, ctx, trained_here=False)
+            self._use_adapter(out, ctx, trained_here=False, label_set=train.label_set)
             return
         self._train(train, val, ctx, out)
+
+    def check_label_set(self, label_set: LabelSet) -> None:
+        """The zero-shot checks, and an adapter in use must have been trained on these classes."""
+        super().check_label_set(label_set)
+        if self.adapter_label_set is not None:
+            label_set.require_same(self.adapter_label_set, f"the LoRA adapter {self.adapter_dir}",
+                                   "train an adapter on this dataset (leave lora.adapter unset) or pass one "
+                                   "trained on its classes")
 
     def _train(self, train: Split, val: Split, ctx: RunContext, out: Path) -> None:
         from transformers import EarlyStoppingCallback
@@ -158,15 +188,16 @@ class VlmLoraClassifier(VlmClassifier):
                                     "trainable_lora_params": counts["lora"],
                                     "trainable_projector_params": counts["projector"]})
 
-        question = self.question()
+        label_set = train.label_set
+        question = self.question(label_set)
         max_length = self._c("train.max_length")
         train_ds = AnswerOnlyDataset(train, loaded.codec, question, max_length)
         val_ds = AnswerOnlyDataset(val, loaded.codec, question, max_length)
-        weights = class_weights(train.y, self._c("class_weighting.mode", "none"), self._c("class_weighting.cap"))
+        weights = class_weights(train.y, self._c("class_weighting.mode", "none"), self._c("class_weighting.cap"),
+                                num_classes=len(label_set))
         if weights is not None and ctx.is_main_process:
-            from derma_core.labels import LABELS
-
-            ctx.tracker.log_params({f"class_weight_{label}": round(float(w), 4) for label, w in zip(LABELS, weights)})
+            ctx.tracker.log_params({f"class_weight_{label}": round(float(w), 4)
+                                    for label, w in zip(label_set.codes, weights)})
 
         args = self._training_arguments(ctx, Path(ctx.work_dir) / CHECKPOINT_DIR, loaded.policy, len(train_ds))
         Trainer = make_trainer_class()
@@ -212,7 +243,7 @@ class VlmLoraClassifier(VlmClassifier):
             if best_epoch is not None:
                 summary["best_epoch"] = float(best_epoch)
             ctx.log_metrics(summary)
-            self._save_adapter(model, out, loaded.model_id, ctx)
+            self._save_adapter(model, out, loaded.model_id, ctx, label_set)
             if not self._c("train.keep_checkpoints", False):
                 shutil.rmtree(args.output_dir, ignore_errors=True)
         if ctx.world_size > 1:
@@ -222,7 +253,7 @@ class VlmLoraClassifier(VlmClassifier):
                 dist.barrier()
         self.trained = (model, dataclasses.replace(loaded, model=_unwrap_peft(model)))
         del trainer
-        self._use_adapter(out, ctx, trained_here=True)
+        self._use_adapter(out, ctx, trained_here=True, label_set=label_set)
         if self._c("merge", False) and ctx.is_main_process:
             self.release_training_model()
             self.export_merged(ctx)
@@ -272,10 +303,13 @@ class VlmLoraClassifier(VlmClassifier):
         )
 
     def _label_scorer(self, loaded, val: Split, question: str, ctx: RunContext):
-        """``scorer(model) -> metrics``: label scoring of the val split (sharded over DDP ranks)."""
+        """``scorer(model) -> metrics``: label scoring of the val split (sharded over DDP ranks),
+        each class scored by the code the model is trained to answer."""
         from derma_core.evaluation.metrics import classification_metrics
 
         from .scoring import score_labels
+
+        codes = list(val.label_set.codes)
 
         batch = int(self._c("inference.batch_size", 8))
         length_normalize = bool(self._c("inference.length_normalize", False))
@@ -285,11 +319,11 @@ class VlmLoraClassifier(VlmClassifier):
         def scorer(model) -> dict[str, float]:
             scoring = dataclasses.replace(loaded, model=_unwrap_peft(model))
             idx = np.arange(len(val))[rank::world]
-            scores = np.zeros((len(idx), 7))
+            scores = np.zeros((len(idx), len(codes)))
             for start in range(0, len(idx), 64):  # 64 images in memory at a time
                 rows = idx[start:start + 64]
                 images = [val.load_image(int(i)) for i in rows]
-                scores[start:start + len(rows)] = score_labels(scoring, images, question, batch_size=batch,
+                scores[start:start + len(rows)] = score_labels(scoring, images, question, codes, batch_size=batch,
                                                                length_normalize=length_normalize,
                                                                include_eos=include_eos)
             pred = scores.argmax(axis=1)
@@ -298,14 +332,15 @@ class VlmLoraClassifier(VlmClassifier):
 
                 gathered = gather_dicts({int(i): int(p) for i, p in zip(idx, pred)}, world)
                 pred = np.array([gathered[i] for i in range(len(val))], dtype=np.int64)
-            m = classification_metrics(val.y, pred)
+            m = classification_metrics(val.y, pred, len(codes))
             return {k: m[k] for k in ("macro_f1", "accuracy", "balanced_accuracy")}
 
         return scorer
 
     # -- the adapter -----------------------------------------------------------------------------
-    def _save_adapter(self, model, out: Path, base_model_id: str, ctx: RunContext) -> None:
-        """Write the (best) adapter atomically as safetensors and log it with the base model's id."""
+    def _save_adapter(self, model, out: Path, base_model_id: str, ctx: RunContext, label_set: LabelSet) -> None:
+        """Write the (best) adapter atomically as safetensors and log it with the base model's id
+        and the label set it was trained on."""
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         model.save_pretrained(tmp, safe_serialization=True)
@@ -314,8 +349,8 @@ class VlmLoraClassifier(VlmClassifier):
         adapter_cfg = json.loads(cfg_path.read_text())
         adapter_cfg["base_model_name_or_path"] = base_model_id
         cfg_path.write_text(json.dumps(adapter_cfg, indent=2))
-        info = {"base_model": base_model_id, "prompt": self.config.get("prompt"), "question": self.question(),
-                "template": self.template,
+        info = {"base_model": base_model_id, "prompt": self.config.get("prompt"), "question": self.question(label_set),
+                "label_set": label_set.to_dict(), "template": self.template,
                 "precision": self._c("precision"), "quantization": self._c("quantization"),
                 "lora": self._c("lora"), "train": self._c("train"), "class_weighting": self._c("class_weighting"),
                 "training": {k: v for k, v in self.train_info.items() if k != "eval_history"},
@@ -329,11 +364,23 @@ class VlmLoraClassifier(VlmClassifier):
         if _get(self.config, "tracking.log_model", True):
             ctx.tracker.log_artifacts(out, ADAPTER_DIR)
 
-    def _use_adapter(self, folder: Path, ctx: RunContext, trained_here: bool) -> None:
-        self.adapter_dir = Path(folder)
-        self.adapter_sha = adapter_checksum(self.adapter_dir)
-        info_path = self.adapter_dir / ADAPTER_INFO
+    def _use_adapter(self, folder: Path, ctx: RunContext, trained_here: bool, label_set: LabelSet) -> None:
+        """Use the adapter in ``folder`` for ``label_set``'s classes: refused in one line when it
+        was trained on other classes."""
+        folder = Path(folder)
+        info_path = folder / ADAPTER_INFO
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        trained_on = adapter_label_set(info, folder)
+        if trained_on is not None:
+            label_set.require_same(trained_on, f"the LoRA adapter {folder}",
+                                   "train an adapter on this dataset (leave lora.adapter unset) or pass one "
+                                   "trained on its classes")
+        else:
+            log.warning("%s: %s records no label set (not written by derma); assuming it answers with this "
+                        "dataset's codes %s", self.name, folder, ", ".join(label_set.codes))
+        self.adapter_label_set = trained_on
+        self.adapter_dir = folder
+        self.adapter_sha = adapter_checksum(self.adapter_dir)
         base = info.get("base_model")
         if base is None:
             cfg = json.loads((self.adapter_dir / "adapter_config.json").read_text())
@@ -342,9 +389,9 @@ class VlmLoraClassifier(VlmClassifier):
         if not trained_here and ctx.is_main_process:
             ctx.tracker.set_tags({TAG_BASE_MODEL: base, TAG_ADAPTER: self.adapter_sha,
                                   "derma.adapter_path": str(self.adapter_dir.resolve())})
-        if info.get("question") and info["question"] != self.question():
+        if info.get("question") and info["question"] != self.question(label_set):
             log.warning("%s: the adapter was trained with a different question (prompt %r) than this "
-                        "run asks (prompt %r)", info.get("prompt"), self.config.get("prompt"))
+                        "run asks (prompt %r)", self.name, info.get("prompt"), self.config.get("prompt"))
 
     def release_training_model(self) -> None:
         """Free the training copy of the model (before loading the saved adapter for inference)."""
@@ -395,8 +442,10 @@ class VlmLoraClassifier(VlmClassifier):
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         merged.save_pretrained(tmp, safe_serialization=True)
         base.processor.save_pretrained(tmp)
-        (tmp / ADAPTER_INFO).write_text(json.dumps({"base_model": base.model_id, "adapter_sha256": self.adapter_sha,
-                                                    "merged": True}, indent=2))
+        merged_info = {"base_model": base.model_id, "adapter_sha256": self.adapter_sha, "merged": True}
+        if self.adapter_label_set is not None:
+            merged_info["label_set"] = self.adapter_label_set.to_dict()
+        (tmp / ADAPTER_INFO).write_text(json.dumps(merged_info, indent=2))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -13,6 +13,9 @@ probabilities (softmax over labels) for AUROC and calibration.
 
 The codec's ``suppress_token_ids`` (image placeholders) are excluded from the softmax over the
 vocabulary by default: the model can never emit them as an answer.
+
+The answer strings come from the dataset's label set (:func:`score_classes` takes each class's
+strings, e.g. its code, its display name or both); nothing here knows a particular label set.
 """
 
 from __future__ import annotations
@@ -21,12 +24,10 @@ from typing import Sequence
 
 import numpy as np
 
-from derma_core.labels import LABELS
-
 from .codec import per_token_keys
 
 
-def label_token_ids(codec, labels: Sequence[str] = LABELS, include_eos: bool = True) -> list[list[int]]:
+def label_token_ids(codec, labels: Sequence[str], include_eos: bool = True) -> list[list[int]]:
     """Each label's token ids as the answer after the generation prompt (then end-of-turn)."""
     out = []
     for label in labels:
@@ -68,7 +69,7 @@ def _log_probs(logits, exclude: Sequence[int]):
     return torch.log_softmax(logits, dim=-1)
 
 
-def score_labels(loaded, images: list, question: str, labels: Sequence[str] = LABELS,
+def score_labels(loaded, images: list, question: str, labels: Sequence[str],
                  length_normalize: bool = False, batch_size: int = 8, include_eos: bool = True,
                  exclude_suppressed: bool = True, progress=None) -> np.ndarray:
     """Log-likelihoods ``(N, len(labels))`` of each label as the answer to ``question`` about each image.
@@ -139,7 +140,7 @@ def score_labels(loaded, images: list, question: str, labels: Sequence[str] = LA
     return out
 
 
-def brute_force_scores(loaded, images: list, question: str, labels: Sequence[str] = LABELS,
+def brute_force_scores(loaded, images: list, question: str, labels: Sequence[str],
                        include_eos: bool = True, exclude_suppressed: bool = True) -> np.ndarray:
     """The slow reference: one full forward pass per (image, label). For tests and audits."""
     import torch
@@ -159,6 +160,28 @@ def brute_force_scores(loaded, images: list, question: str, labels: Sequence[str
                 logits = loaded.model(**inputs).logits[0]
                 lp = _log_probs(logits[n - 1:-1], exclude)
                 out[i, j] = float(lp[torch.arange(len(ids_j)), torch.tensor(ids_j)].double().sum())
+    return out
+
+
+def score_classes(loaded, images: list, question: str, answers: Sequence[Sequence[str]], **kwargs) -> np.ndarray:
+    """Class log-likelihoods ``(N, K)`` for ``answers`` (per class, the strings that count as
+    answering it): every string scored in one pass of :func:`score_labels` (one prefill per
+    image), combined per class by log-sum-exp (the probability that the answer is any of them;
+    a class with one string gets exactly that string's score). ``kwargs`` go to
+    ``score_labels`` (``include_eos``, ``length_normalize``, ``batch_size``, ...)."""
+    from scipy.special import logsumexp
+
+    empty = [j for j, group in enumerate(answers) if not group]
+    if empty:
+        raise ValueError(f"class {empty[0]} has no answer string to score")
+    flat = [s for group in answers for s in group]
+    scores = score_labels(loaded, images, question, flat, **kwargs)
+    out = np.zeros((len(images), len(answers)), dtype=np.float64)
+    start = 0
+    for j, group in enumerate(answers):
+        block = scores[:, start:start + len(group)]
+        out[:, j] = block[:, 0] if len(group) == 1 else logsumexp(block, axis=1)
+        start += len(group)
     return out
 
 

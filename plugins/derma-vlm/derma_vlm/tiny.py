@@ -290,14 +290,16 @@ SHAPES: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def _corpus() -> list[str]:
-    """Text the tiny tokenizers are trained on: every registered prompt, class codes and names."""
+    """Text the tiny tokenizers are trained on: HAM10000's class codes and names and the study's
+    prompts (any other label set's text is covered by the byte-level alphabet; keeping this corpus
+    fixed keeps the tiny tokenizers, and so every tiny-model figure, what they were)."""
     from derma_core import plugins
-    from derma_core.labels import CLINICAL_NAMES, LABELS
+    from derma_core.data.datasets.ham10000 import LABEL_SET
 
-    texts = list(LABELS) + [CLINICAL_NAMES[code] for code in LABELS]
+    texts = list(LABEL_SET.codes) + list(LABEL_SET.names)
     for name in ("p0", "p1", "p2", "p4"):
         try:
-            texts.append(plugins.get_prompt_builder(name)(LABELS))
+            texts.append(plugins.get_prompt_builder(name)(LABEL_SET))
         except Exception:  # a prompt a colleague removed: the byte alphabet still covers it
             continue
     texts += ["You are a helpful assistant.", "user", "assistant", "model", "system", "User", "Assistant",

@@ -22,7 +22,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from derma_core.interfaces import Split
-from derma_core.labels import LABELS, NUM_CLASSES
 
 from .codec import IGNORE_INDEX, image_keys, per_token_keys
 from .precision import DtypePolicy
@@ -115,10 +114,12 @@ def trainable_summary(model, trainable_modules: Sequence[str] = (PROJECTOR,)) ->
 CLASS_WEIGHTING_MODES = ("none", "balanced")
 
 
-def class_weights(y: np.ndarray, mode: str | None, cap: float | None = None) -> np.ndarray | None:
-    """Per-class weights from train label indices: ``balanced`` is ``N / (K * count_c)`` (sklearn's
-    ``compute_class_weight``, the seed CNN's formula), optionally capped at ``cap``; ``none`` -> None.
-    A class absent from train gets weight 0 (it has no examples to weight)."""
+def class_weights(y: np.ndarray, mode: str | None, cap: float | None = None, *,
+                  num_classes: int) -> np.ndarray | None:
+    """Per-class weights (``num_classes`` of them, the label set's K) from train label indices:
+    ``balanced`` is ``N / (K' * count_c)`` over the K' classes present (sklearn's
+    ``compute_class_weight``, the seed CNN's formula), optionally capped at ``cap``; ``none`` ->
+    None. A class absent from train gets weight 0 (it has no examples to weight)."""
     if mode in (None, "none"):
         return None
     if mode != "balanced":
@@ -126,8 +127,11 @@ def class_weights(y: np.ndarray, mode: str | None, cap: float | None = None) -> 
     from sklearn.utils.class_weight import compute_class_weight
 
     y = np.asarray(y, dtype=np.int64)
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"class weights: label indices must be in 0..{num_classes - 1} (the label set's "
+                         f"{num_classes} classes), got {int(y.min())}..{int(y.max())}")
     present = np.unique(y)
-    weights = np.zeros(NUM_CLASSES, dtype=np.float64)
+    weights = np.zeros(int(num_classes), dtype=np.float64)
     weights[present] = compute_class_weight("balanced", classes=present, y=y)
     if cap is not None:
         weights = np.minimum(weights, float(cap))
@@ -160,25 +164,27 @@ def answer_only_example(prompt: dict, answer_ids: Sequence[int], end_of_turn_id:
 
 
 class AnswerOnlyDataset:
-    """Supervised examples of one split: the row's image, the question, and the row's label as the
-    answer (loss on the answer and end-of-turn only)."""
+    """Supervised examples of one split: the row's image, the question, and the row's class as the
+    answer -- its code in the split's label set unless ``answers`` maps codes to other strings
+    (loss on the answer and end-of-turn only)."""
 
     def __init__(self, split: Split, codec, question: str, max_length: int | None = None,
                  answers: dict[str, str] | None = None) -> None:
         self.split = split
+        self.label_set = split.label_set
         self.codec = codec
         self.question = question
         self.max_length = max_length
         self.y = split.y
-        if (self.y < 0).any():
-            bad = split.frame.loc[self.y < 0, ["id", "label"]].iloc[0]
-            raise ValueError(f"split {split.name!r} row id={bad['id']}: label {bad['label']!r} is not one of "
-                             f"{', '.join(LABELS)}")
-        self.answers = answers or {label: label for label in LABELS}
-        self.answer_ids = {label: list(codec.answer_ids(text)) for label, text in self.answers.items()}
+        codes = self.label_set.codes
+        self.answers = {code: code for code in codes} if answers is None else dict(answers)
+        missing = [c for c in codes if c not in self.answers]
+        if missing:
+            raise ValueError(f"training answers: no answer string for the classes {', '.join(missing)}")
+        self.answer_ids = {label: list(codec.answer_ids(self.answers[label])) for label in codes}
         if len(split) and max_length is not None:
             first = self.split.load_image(0)
-            for label in LABELS:  # fail before training starts, not in the middle of it
+            for label in codes:  # fail before training starts, not in the middle of it
                 self._check_length(self._example(first, label), label)
 
     def _example(self, image, label: str) -> dict[str, Any]:
@@ -198,7 +204,7 @@ class AnswerOnlyDataset:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         y = int(self.y[i])
-        label = LABELS[y]
+        label = self.label_set.codes[y]
         example = self._example(self.split.load_image(i), label)
         self._check_length(example, label)
         example["class_index"] = y
@@ -298,7 +304,7 @@ def make_trainer_class():
                 return super()._get_train_sampler(train_dataset)
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             y = np.asarray(dataset.y)
-            counts = np.bincount(y, minlength=NUM_CLASSES).astype(np.float64)
+            counts = np.bincount(y, minlength=len(dataset.label_set)).astype(np.float64)
             weights = 1.0 / counts[y]
             # Draws from torch's global RNG, which Trainer seeds and restores on resume.
             return torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double),

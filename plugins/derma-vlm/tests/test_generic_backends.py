@@ -16,12 +16,16 @@ import pytest
 import torch
 
 from derma_core.config import resolve_config
-from derma_core.labels import CLINICAL_NAMES, LABELS
+from derma_core.data.datasets.ham10000 import LABEL_SET as HAM
+from derma_core.labels import LabelSet
 from derma_core.prompts import SEED_PROMPTS
 from derma_core.testing import make_context, make_tiny_dataset
 
 ARCHS = ["tiny-gemma3", "tiny-qwen2_5_vl", "tiny-llava_onevision", "tiny-idefics3"]
 QUESTION = SEED_PROMPTS["p1"]
+#: A label set that is not HAM10000's (its names are not in the tiny tokenizers' corpus).
+THREE = LabelSet(codes=("scc", "sk", "nev"), names=("Squamous cell carcinoma", "Seborrheic keratosis", "Mole"),
+                 synonyms={"nev": ("naevus",)})
 FAST_LORA = ["precision=fp32", "train.num_workers=0", "train.batch_size=4", "train.grad_accum=1", "train.lr=3e-3",
              "train.projector_lr=3e-3", "lora.r=4", "lora.alpha=8", "lora.dropout=0", "train.warmup_ratio=0.0",
              "train.scheduler=linear", "train.patience=0", "quiet=true", "inference.batch_size=8",
@@ -149,7 +153,7 @@ def test_label_scores_equal_brute_force_with_end_of_turn(arch, model_cache, imag
     from derma_vlm.scoring import brute_force_scores, label_token_ids, score_labels
 
     loaded = load(arch)
-    answers = list(LABELS) + [CLINICAL_NAMES[c] for c in LABELS]
+    answers = list(HAM.codes) + list(HAM.names)
     ids = label_token_ids(loaded.codec, answers)
     assert all(seq[-1] == loaded.codec.end_of_turn_id for seq in ids)  # end of turn scored by default
     fast = score_labels(loaded, images, QUESTION, answers, batch_size=2)
@@ -166,13 +170,17 @@ def test_verbalizer_sets_combine_by_log_sum_exp(model_cache, images):
     from derma_vlm.scoring import brute_force_scores
 
     loaded = load("tiny-gemma3")
-    codes = brute_force_scores(loaded, images, QUESTION, list(LABELS))
-    names = brute_force_scores(loaded, images, QUESTION, [CLINICAL_NAMES[c] for c in LABELS])
-    np.testing.assert_allclose(score_classes(loaded, images, QUESTION, "code"), codes, atol=2e-4)
-    np.testing.assert_allclose(score_classes(loaded, images, QUESTION, "name"), names, atol=2e-4)
-    np.testing.assert_allclose(score_classes(loaded, images, QUESTION, "both"), np.logaddexp(codes, names), atol=2e-4)
+    codes = brute_force_scores(loaded, images, QUESTION, list(HAM.codes))
+    names = brute_force_scores(loaded, images, QUESTION, list(HAM.names))
+    np.testing.assert_allclose(score_classes(loaded, images, QUESTION, HAM, "code"), codes, atol=2e-4)
+    np.testing.assert_allclose(score_classes(loaded, images, QUESTION, HAM, "name"), names, atol=2e-4)
+    np.testing.assert_allclose(score_classes(loaded, images, QUESTION, HAM, "both"), np.logaddexp(codes, names),
+                               atol=2e-4)
     with pytest.raises(ValueError, match="inference.verbalizer"):
-        score_classes(loaded, images, QUESTION, "synonyms")
+        score_classes(loaded, images, QUESTION, HAM, "synonyms")
+    # another label set: its own codes and display names are what is scored
+    three = brute_force_scores(loaded, images, QUESTION, list(THREE.names))
+    np.testing.assert_allclose(score_classes(loaded, images, QUESTION, THREE, "name"), three, atol=2e-4)
 
 
 # -- answer-only training targets, token by token -------------------------------------------------------
@@ -243,10 +251,10 @@ def test_zero_shot_generate_and_score_predict(arch, model_cache, tmp_path):
         assert pred.ids == ds["test"].ids
         assert pred.info["model_family"] == clf.loaded.codec.family.name
         if mode == "score":
-            assert pred.probabilities.shape == (5, 7)
+            assert pred.probabilities.shape == (5, len(HAM))
             np.testing.assert_allclose(pred.probabilities.sum(axis=1), 1.0)
             assert pred.info["verbalizer"] == "code" and pred.info["include_eos"] is True
-            assert all(label in LABELS for label in pred.labels)
+            assert pred.label_set == HAM and all(label in HAM for label in pred.labels)
         else:
             assert len(pred.raw_text) == 5 and all(isinstance(t, str) for t in pred.raw_text)
         assert (Path(ctx.work_dir) / "answers_test.jsonl").exists()
@@ -282,7 +290,7 @@ def test_short_lora_wraps_language_model_only_and_resumes(arch, model_cache, tmp
     info = json.loads((work / ADAPTER_DIR / ADAPTER_INFO).read_text())
     assert info["base_model"].startswith(arch) and "{answer}" in info["template"]
     pred = clf.predict(ds["test"], make_context(config, work))
-    assert pred.probabilities.shape == (4, 7)
+    assert pred.probabilities.shape == (4, len(HAM))
 
     # resume: a second epoch continues from the first epoch's checkpoint
     (work / ADAPTER_DIR / ADAPTER_INFO).unlink()
@@ -353,3 +361,144 @@ def test_qlora_quantises_only_the_language_model(arch, model_cache, tmp_path):
     assert wrapped and all(isinstance(m.get_base_layer(), bnb.nn.Linear4bit) for m in wrapped)
     pred = clf.predict(ds["test"], ctx)
     assert np.isfinite(pred.probabilities).all()
+
+
+# -- another label set: three classes, none of HAM10000's ------------------------------------------------
+def test_zero_shot_score_mode_on_a_three_class_dataset(model_cache, tmp_path):
+    from derma_core.prompts import generic
+    from derma_vlm.generic import GenericVlmClassifier, score_classes
+    from derma_vlm.scoring import softmax
+
+    ds = make_tiny_dataset(n_train=6, n_val=6, n_test=6, size=24, label_set=THREE)
+    config = resolve_config("vlm_zeroshot", overrides=["model.name=tiny-gemma3", "answer_mode=score", "prompt=classes",
+                                                        "inference.verbalizer=both", "precision=fp32",
+                                                        "inference.batch_size=4", "quiet=true"])
+    clf = GenericVlmClassifier(config)
+    clf.loaded = load("tiny-gemma3")
+    ctx = make_context(config, tmp_path, dataset=ds)
+    pred = clf.predict(ds["test"], ctx)
+    question = generic(THREE)
+    assert question == ("Classify this skin lesion. Answer with only one label: Squamous cell carcinoma (scc), "
+                        "Seborrheic keratosis (sk), or Mole (nev).")
+    assert pred.info["question"] == question and pred.label_set == THREE
+    images = [ds["test"].load_image(i) for i in range(len(ds["test"]))]
+    expected = softmax(score_classes(clf.loaded, images, question, THREE, "both"))
+    np.testing.assert_allclose(pred.probabilities, expected, atol=1e-6)
+    assert pred.probabilities.shape == (6, 3)
+    assert pred.labels == [THREE.codes[k] for k in expected.argmax(axis=1)]
+    questions = [json.loads(line) for line in (tmp_path / "questions_test.jsonl").read_text().splitlines()]
+    assert [q["answer_id"] for q in questions] == list(ds["test"].y)
+    assert {q["template_id"] for q in questions} == {"lesion_3way_v1"} and questions[0]["text"] == question
+
+
+def test_zero_shot_generate_mode_with_the_strict_parser_on_a_three_class_dataset(model_cache, tmp_path):
+    from derma_core.answers import evaluate_answer_files, strict_parse
+    from derma_vlm.generic import GenericVlmClassifier
+
+    ds = make_tiny_dataset(n_train=6, n_val=6, n_test=6, size=24, label_set=THREE)
+    config = resolve_config("vlm_zeroshot", overrides=["model.name=tiny-qwen2_5_vl", "answer_mode=generate",
+                                                        "parser=strict", "prompt=p1", "precision=fp32",
+                                                        "inference.max_new_tokens=4", "quiet=true"])
+    clf = GenericVlmClassifier(config)
+    clf.loaded = load("tiny-qwen2_5_vl")
+    pred = clf.predict(ds["test"], make_context(config, tmp_path / "real", dataset=ds))
+    assert pred.info["question"] == "Classify this skin lesion. Answer with only one label: scc, sk, or nev."
+    assert pred.label_set == THREE and pred.probabilities is None
+    assert pred.labels == [strict_parse(t, THREE)[0] for t in pred.raw_text]  # the random model's free text
+    assert pred.info["n_invalid"] == sum(label is None for label in pred.labels) == sum(pred.info["failures"].values())
+    ev = evaluate_answer_files(tmp_path / "real" / "questions_test.jsonl", tmp_path / "real" / "answers_test.jsonl",
+                               "strict", label_set=THREE)
+    assert ev.predictions.labels == pred.labels and not ev.missing
+
+    class Scripted(GenericVlmClassifier):  # answers a real model might give, through the same predict
+        def _generate_batch(self, loaded, images, question, qids):
+            texts = ["SCC", "It is a seborrheic keratosis.", "a mole or an scc", "naevus", "no idea", "moles"]
+            return [{"id": q, "text": texts[int(q.split("_")[1])]} for q in qids]
+
+    scripted = Scripted(config)
+    scripted.loaded = clf.loaded
+    pred = scripted.predict(ds["test"], make_context(config, tmp_path / "scripted", dataset=ds))
+    assert pred.labels == ["scc", "sk", None, "nev", None, "nev"]
+    assert pred.info["failures"] == {"empty": 0, "no_label": 1, "multiple_labels": 1}
+
+
+def test_ham10000_only_settings_are_refused_before_any_model_loads(tmp_path):
+    from derma_vlm.generic import GenericVlmClassifier
+
+    ds = make_tiny_dataset(n_train=3, n_val=3, n_test=3, size=24, label_set=THREE)
+    for overrides, expected in ((["answer_mode=generate", "parser=seed"], "parser seed"),
+                                (["answer_mode=score", "prompt=p4"], "prompt p4"),
+                                (["answer_mode=score", "prompt=p2"], "prompt p2")):
+        config = resolve_config("vlm_zeroshot", overrides=["model.name=tiny-gemma3", *overrides])
+        clf = GenericVlmClassifier(config)
+        ctx = make_context(config, tmp_path, dataset=ds)
+        for call in (lambda: clf.resolve(config, ds, ctx), lambda: clf.predict(ds["test"], ctx)):
+            with pytest.raises(ValueError) as err:
+                call()
+            assert expected in str(err.value) and "scc, sk, nev" in str(err.value) and "\n" not in str(err.value)
+        assert clf.loaded is None
+
+
+def test_lora_adapter_records_its_classes_and_is_refused_on_other_classes(model_cache, tmp_path):
+    from derma_vlm.generic import GenericVlmLoraClassifier
+    from derma_vlm.lora import ADAPTER_DIR, ADAPTER_INFO
+
+    three = make_tiny_dataset(n_train=6, n_val=3, n_test=3, size=24, learnable=True, label_set=THREE)
+    config = resolve_config("vlm_lora", overrides=[*FAST_LORA, "model.name=tiny-idefics3", "train.epochs=1",
+                                                    "answer_mode=score", "class_weighting.mode=balanced"])
+    clf = GenericVlmLoraClassifier(config)
+    ctx = make_context(config, tmp_path / "work", dataset=three)
+    clf.fit(three["train"], three["val"], ctx)
+    folder = tmp_path / "work" / ADAPTER_DIR
+    info = json.loads((folder / ADAPTER_INFO).read_text())
+    assert LabelSet.from_dict(info["label_set"]) == THREE
+    pred = clf.predict(three["test"], ctx)
+    assert pred.probabilities.shape == (3, 3) and pred.label_set == THREE
+    ham = make_tiny_dataset(n_train=7, n_val=7, n_test=7, size=24)
+    given = GenericVlmLoraClassifier({**config, "lora": {**config["lora"], "adapter": str(folder)}})
+    with pytest.raises(ValueError) as err:
+        given.fit(ham["train"], ham["val"], make_context(config, tmp_path / "other", dataset=ham))
+    message = str(err.value)
+    assert "\n" not in message and "scc, sk, nev" in message and "akiec" in message and str(folder) in message
+    # an adapter derma wrote before label sets were recorded was trained on HAM10000's classes
+    del info["label_set"]
+    (folder / ADAPTER_INFO).write_text(json.dumps(info))
+    legacy = GenericVlmLoraClassifier({**config, "lora": {**config["lora"], "adapter": str(folder)}})
+    with pytest.raises(ValueError, match="akiec"):
+        legacy.fit(three["train"], three["val"], make_context(config, tmp_path / "legacy", dataset=three))
+
+
+def test_a_run_through_the_core_on_a_three_class_dataset(model_cache, tmp_path, monkeypatch):
+    """vlm_zeroshot (score mode) end to end: the runner accepts its predictions over the dataset's
+    classes and names the metrics by the dataset's codes."""
+    import mlflow
+
+    from derma_core import hookimpl, plugins
+    from derma_core.runner import run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DERMA_MLRUNS", str(tmp_path / "mlruns"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    class Source:
+        @hookimpl
+        def register_datasets(self, register):
+            register("three", lambda config: make_tiny_dataset(n_train=6, n_val=6, n_test=9, size=24, name="three",
+                                                               label_set=THREE))
+
+    source = Source()
+    plugins.load_plugins()
+    plugins.pm.register(source, name="test-vlm-three")
+    try:
+        config = resolve_config("vlm_zeroshot", overrides=[
+            "data.source=three", "model.name=tiny-gemma3", "model.allow_random=true", "answer_mode=score",
+            "prompt=classes", "precision=fp32", "quiet=true", "evaluation.bootstrap=0", "device=cpu",
+            f"tracking.uri={uri}"])
+        result = run(config)
+    finally:
+        plugins.pm.unregister(source)
+    assert result.predictions.label_set == THREE and result.predictions.probabilities.shape == (9, 3)
+    metrics = mlflow.MlflowClient(uri).get_run(result.run_id).data.metrics
+    assert {"test_macro_f1", "test_f1_scc", "test_f1_sk", "test_f1_nev"} <= set(metrics)
+    assert not any("akiec" in name or "_mel" in name for name in metrics)

@@ -112,5 +112,7 @@ def test_vlm_zeroshot_scores_equal_llava_zeroshot_on_a_converted_checkpoint(both
 
     llava, generic = both
     assert generic.codec.end_of_turn_id == llava.codec.end_of_turn_id == 2
-    expected = score_labels(llava, images, QUESTION)
-    np.testing.assert_allclose(score_classes(generic, images, QUESTION, "code"), expected, atol=1e-4, rtol=1e-5)
+    from derma_core.data.datasets.ham10000 import LABEL_SET as HAM
+
+    expected = score_labels(llava, images, QUESTION, list(HAM.codes))
+    np.testing.assert_allclose(score_classes(generic, images, QUESTION, HAM, "code"), expected, atol=1e-4, rtol=1e-5)

@@ -1,0 +1,241 @@
+"""The ``derma study`` command."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .spec import StudyError, load_study, parse_data_dirs, parse_shard
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.command("study")
+@click.argument("study_file")
+@click.option("--dry-run", is_flag=True, help="Print the cells and which are done; run nothing.")
+@click.option("--rerun", is_flag=True, help="Run the selected cells even when a FINISHED run of them exists.")
+@click.option("--only", multiple=True, metavar="GLOB", help="Only cells whose name matches (repeatable), e.g. 'resnet18-*'.")
+@click.option("--shard", metavar="I/N", help="Run the cells at positions I, I+N, I+2N, ... (0 <= I < N) that are missing: "
+                                            "N processes with I = 0..N-1 run the whole study once between them.")
+@click.option("--data-dir", "data_dirs", multiple=True, metavar="NAME=DIR",
+              help="The prepared folder of the study's dataset NAME on this machine (repeatable).")
+@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="A config value for every cell whose backend has the key, as the file's base (repeatable).")
+@click.option("--experiment", help="MLflow experiment (default: the file's `experiment`, else the study name).")
+@click.option("--tracking-uri", help="MLflow store; one `mlflow server` for every machine of a sharded study.")
+@click.option("--device", help="auto, cpu, cuda, cuda:N or mps, for every cell (a machine setting: not part of a "
+                               "cell's identity).")
+@click.option("--report-out", type=click.Path(dir_okay=False),
+              help="The HTML report (default: the file's report.out, else reports/STUDY.html); Markdown twin beside it.")
+@click.option("--no-report", is_flag=True, help="Write no report at the end.")
+@click.option("--report-only", is_flag=True, help="Run nothing; write the report of the cells done so far.")
+@click.option("--quiet", "-q", is_flag=True, help="No line per cell.")
+@click.option("--verbose", "-v", is_flag=True, help="Show each cell's own progress output.")
+def study_command(study_file, dry_run, rerun, only, shard, data_dirs, overrides, experiment, tracking_uri, device,
+                  report_out, no_report, report_only, quiet, verbose):
+    """Run a study: a grid of runs from a YAML file, one MLflow parent run with a child run per
+    cell, then one report (results with intervals, paired tests against the baseline, the
+    spread across seeds). STUDY_FILE is a path, or the name of a shipped study (smoke,
+    vqa-vlm-derma, generalisation).
+
+    A cell already FINISHED in the store with the same resolved config, code version and data
+    digest is not run again, so running the command again after an interruption runs only what
+    is missing. See docs/study.md.
+    """
+    from .. import plugins, runner, tracking
+    from ..config import ConfigError, parse_override
+    from ..lifetime import interrupt_exit_code, interrupt_reason
+    from . import execute, planning
+
+    # one line per cell is the output; MLflow would add URL lines and artifact progress bars
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if sum([dry_run, report_only]) > 1:
+        _fail("--dry-run and --report-only do not go together")
+    try:
+        shard_of = parse_shard(shard) if shard else None
+        values = dict(parse_override(text) for text in overrides)
+        study = load_study(study_file, parse_data_dirs(data_dirs), values, experiment)
+    except (StudyError, ConfigError) as exc:
+        _fail(str(exc).strip("'\""))
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    try:  # a dry run of a study in a folder with no store yet creates none
+        if not (dry_run and uri == tracking.default_tracking_uri()
+                and not (tracking.default_store_dir() / "mlflow.db").exists()):
+            tracking.configure(uri)
+    except tracking.StoreError as exc:
+        _fail(str(exc), 1)
+    rank, world = runner._distributed()
+    say = (lambda text: None) if rank != 0 else click.echo
+    try:
+        planned = planning.plan(study, uri=uri, device=device, quiet=not verbose)
+    except (StudyError, plugins.UnknownComponentError) as exc:
+        _fail(str(exc).strip("'\""))
+    if rank == 0:
+        planning.lookup(planned, uri, end_stale=not dry_run)
+    mine = execute.select(planned, shard_of, tuple(only))
+    if only and not mine:
+        _fail(f"--only {' '.join(only)} matches no cell{' of this shard' if shard_of else ''} (cells: "
+              f"{', '.join(pc.name for pc in planned[:10])}{', ...' if len(planned) > 10 else ''})")
+    where = f" (shard {shard_of[0]}/{shard_of[1]}: {len(mine)} cells)" if shard_of else ""
+    done = sum(pc.done is not None for pc in planned)
+    out = Path(report_out or study.report.out or Path("reports") / f"{study.name}.html")
+
+    if dry_run:
+        todo = execute.to_run(mine, rerun)
+        click.echo(f"study {study.name} ({study.path}): {len(planned)} cells, {done} done, {len(todo)} would run"
+                   f"{where}; experiment {study.experiment!r} in {_redact(uri)}")
+        for line in execute.dry_run_lines(study, planned, mine, rerun):
+            click.echo(line)
+        return
+    if report_only:
+        if rank == 0:
+            _report(study, planned, uri, out, parent=_existing_parent(study, uri), say=click.echo)
+        return
+
+    todo = execute.to_run(mine, rerun)
+    parent_id = None
+    if rank == 0 and todo:
+        parent_id, _ = execute.find_or_create_parent(study, uri)
+    if world > 1:  # torchrun: every rank runs the cells rank 0 chose, in step (runner.run is collective)
+        from ..reproducibility import resolve_device
+
+        runner._init_distributed(resolve_device(device or planned[0].config.get("device", "auto")))
+        chosen = runner._broadcast([[pc.index for pc in todo], parent_id] if rank == 0 else None)
+        todo, parent_id = [planned[i] for i in chosen[0]], chosen[1]
+    if not todo:
+        running = [pc for pc in mine if pc.running is not None]
+        busy = f"; {len(running)} running in another process now" if running else ""
+        say(f"study {study.name}: nothing to run{where}: {sum(pc.done is not None for pc in mine)} of {len(mine)} "
+            f"cells done{busy} (`--rerun` runs them again). The study: {done} of {len(planned)} cells done.")
+        if rank == 0 and not no_report and not out.exists():
+            _report(study, planned, uri, out, parent=_existing_parent(study, uri), say=say)
+        elif rank == 0 and not no_report:
+            say(f"report unchanged: {out} (`--report-only` writes it again)")
+        _end_distributed(world)
+        return
+
+    say(f"study {study.name}: {len(planned)} cells, {done} done, {len(todo)} to run{where}; parent MLflow run "
+        f"{parent_id} (experiment {study.experiment!r})")
+    width = max(len(pc.name) for pc in todo)
+    started = time.monotonic()
+    outcomes: list[execute.Outcome] = []
+    current: tuple[int, planning.PlannedCell] | None = None
+    try:
+        with tracking.start_run(study.experiment, uri=uri, resume_run_id=parent_id) if rank == 0 \
+                else _nothing() as parent:
+            for i, pc in enumerate(todo, 1):
+                if world == 1 and i > 1:  # another process may have run it meanwhile (shards never do)
+                    planning.lookup([pc], uri)
+                    if pc.running is not None or (pc.done is not None and not rerun):
+                        if not quiet:
+                            say(f"[{i}/{len(todo)}] {pc.name:<{width}}  skipped: "
+                                f"{'running in another process' if pc.running is not None else 'done meanwhile'}")
+                        continue
+                current = (i, pc)
+                outcome = execute.run_cell(study, pc, parent_id, uri)
+                pc.outcome, pc.seconds = outcome.status, outcome.seconds
+                outcomes.append(outcome)
+                if not quiet:
+                    say(execute.progress_line(i, len(todo), pc, outcome, study.report.split, study.report.metric,
+                                              width))
+            current = None
+            if rank == 0:
+                winner = _finish(study, planned, uri, parent_id, parent, out, no_report, say)
+    except KeyboardInterrupt as exc:
+        if rank == 0:
+            finished = sum(o.status == "FINISHED" for o in outcomes)
+            stopped = ""
+            if current is not None:
+                rid = getattr(exc, "run_id", None)
+                stopped = (f" in cell {current[1].name} ({current[0]}/{len(todo)})"
+                           f"{f', whose run {rid} ended KILLED' if rid else ''}")
+            click.echo(f"{interrupt_reason(exc)}: study {study.name} stopped{stopped}; {finished} cell(s) finished "
+                       f"before it. Run `derma study {study.path}` again to run only the missing cells.", err=True)
+        sys.exit(interrupt_exit_code(exc))
+    _end_distributed(world)
+    if rank != 0:
+        return
+    if winner != parent_id:  # another process's parent run is the study's: this one is left empty
+        tracking.delete_run(parent_id, uri)
+    failed = [o for o in outcomes if o.status == "FAILED"]
+    missing = sum(pc.done is None for pc in planned)
+    say(f"study {study.name}: ran {len(outcomes)} cell(s) in {time.monotonic() - started:.0f} s "
+        f"({len(outcomes) - len(failed)} finished, {len(failed)} failed); the study: "
+        f"{len(planned) - missing} of {len(planned)} cells done; parent MLflow run {winner}")
+    if failed:
+        sys.exit(1)
+
+
+def _finish(study, planned, uri, parent_id, parent, out, no_report, say) -> str:
+    """Settle the parent run, record the cells table and the counts on it, write the report."""
+    from .. import tracking
+    from . import execute, planning
+
+    planning.lookup(planned, uri)
+    winner = execute.settle_parent(study, parent_id, uri)
+    target = parent if winner == parent_id else tracking.Tracker(winner, uri)
+    frame = execute.cells_frame(planned, study.report.split, study.report.metric)
+    target.log_text(tracking.table_csv(frame), "cells.csv")
+    done = sum(pc.done is not None for pc in planned)
+    target.set_tags({"derma.cells_total": len(planned), "derma.cells_done": done,
+                     "derma.cells_missing": len(planned) - done})
+    if not no_report:
+        _report(study, planned, uri, out, parent=target, say=say)
+    return winner
+
+
+def _report(study, planned, uri, out, parent, say) -> None:
+    from .summary import write_study_report
+
+    try:
+        written = write_study_report(study, planned, uri, out, parent=parent)
+    except Exception as exc:  # the runs are recorded; a report that cannot be made must not hide them
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        say(f"warning: the report could not be written ({type(exc).__name__}: {first}); the runs are in MLflow, "
+            f"`derma study {study.path} --report-only` tries again")
+        return
+    if written is None:
+        say("no report: no cell is done yet")
+    else:
+        say(f"report: {written[0]} (Markdown twin: {written[1]})")
+
+
+def _existing_parent(study, uri):
+    """A Tracker on the study's parent run when there is one (the report is logged there too)."""
+    from .. import tracking
+    from .execute import find_parents
+
+    found = find_parents(study, uri)
+    return tracking.Tracker(found[0].info.run_id, uri) if found else None
+
+
+class _nothing:
+    """A stand-in for the parent run's context on ranks other than 0 (they log nothing)."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _end_distributed(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _redact(uri: str) -> str:
+    from ..tuning.study import redact
+
+    return redact(uri)

@@ -187,7 +187,7 @@ class DatasetDescriptor:
                              f"--out PREPARED`, then --data-dir PREPARED")
         dataset = load_prepared(Path(folder).expanduser(), fold=data.get("fold"))
         prepared_as = dataset.descriptor.name
-        if prepared_as != self.name and not dataset.synthetic:
+        if prepared_as != self.name:
             raise ValueError(f"{folder} was prepared as dataset {prepared_as!r}, not {self.name!r}; pass "
                              f"--dataset {prepared_as}, or prepare it again with --dataset {self.name}")
         return dataset

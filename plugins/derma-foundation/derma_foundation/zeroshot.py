@@ -135,6 +135,8 @@ class CLIPZeroShotClassifier:
     """Zero-shot open_clip classification (see the module docstring); ``fit`` trains nothing."""
 
     name = "clip_zeroshot"
+    #: zero-shot: nothing is selected on val, so calibration may use all of it
+    selects_on_val = False
 
     def __init__(self, config: dict) -> None:
         self.config = config

@@ -121,7 +121,7 @@ class ResNet18Classifier:
         # weights, epochs, precision, image size, world size: the curated params (see resolve)
         ctx.tracker.log_params({
             **recipe.params(),
-            "resolved_channels_last": rt.channels_last, "num_workers": rt.num_workers,
+            "num_workers": rt.num_workers,
             "class_weights": "none" if cw is None else [round(float(w), 4) for w in cw],
         })
         state = train(self.model, SplitImages(train_split, size), SplitImages(val_split, size), recipe, rt, ctx,

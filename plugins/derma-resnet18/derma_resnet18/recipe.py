@@ -89,7 +89,7 @@ class Recipe:
     def params(self) -> dict[str, Any]:
         """The options the core's curated params do not cover, for MLflow."""
         aug = self.augmentation
-        return {"arch": self.arch, "arch_kwargs": self.arch_kwargs or "none", "resolved_epochs": self.epochs, "patience": self.patience, "augmentation": aug.enabled, "aug_rotation": aug.rotation,
+        return {"arch": self.arch, "arch_kwargs": self.arch_kwargs or "none", "patience": self.patience, "augmentation": aug.enabled, "aug_rotation": aug.rotation,
                 "aug_translate": aug.translate, "aug_brightness": aug.brightness, "aug_hflip": aug.hflip,
                 "aug_vflip": aug.vflip}
 

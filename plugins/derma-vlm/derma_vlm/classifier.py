@@ -47,6 +47,8 @@ class VlmClassifier:
     """A VLM as a classifier. ``fit`` is a no-op (zero-shot); subclasses supply ``load_model``."""
 
     name = "vlm"
+    #: zero-shot: nothing is selected on val, so calibration may use all of it
+    selects_on_val = False
     #: File-name prefix of the partial-result files in the work dir.
     partial_prefix = "vlm"
     #: Config keys whose values change the answers (the partial results' signature).

@@ -93,6 +93,9 @@ def _unwrap_peft(model):
 class VlmLoraClassifier(VlmClassifier):
     """A VLM + a LoRA adapter trained in ``fit``; ``predict`` is the zero-shot one."""
 
+    #: LoRA picks its epoch on val: calibration gets images selection never saw
+    selects_on_val = True
+
     name = "vlm_lora"
     #: Modules trained in full (peft ``modules_to_save``): the projector / connector.
     trainable_modules: tuple[str, ...] = (PROJECTOR,)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from derma_core import runner
+from derma_core.data.calibration_split import calibration_split
 from derma_core.evaluation.metrics import classification_metrics
 from derma_core.data.datasets.ham10000 import LABEL_SET as HAM
 from derma_core.testing import make_context
@@ -126,7 +127,10 @@ def test_linear_probe_beats_prior_and_hits_the_feature_cache(store, make_config,
     monkeypatch.setattr(feats_mod, "extract", no_extraction)
     clf = LinearProbeClassifier(config)
     ctx = make_context(config, dataset=tiny_dataset)
-    clf.fit(tiny_dataset["train"], tiny_dataset["val"], ctx)
+    # the run fitted on val's selection part (the rest is the calibration split): the same rows hit the cache
+    selection = calibration_split(tiny_dataset["val"], config, clf).selection
+    assert len(selection) < len(tiny_dataset["val"])
+    clf.fit(tiny_dataset["train"], selection, ctx)
     again = clf.predict(tiny_dataset["test"], ctx)
     assert again.info["features_cached"]
     k = len(tiny_dataset.label_set)

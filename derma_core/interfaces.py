@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, runtime_che
 import numpy as np
 import pandas as pd
 
-from .labels import INVALID, LabelSet
+from .labels import LabelSet
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
@@ -395,10 +395,7 @@ class RunContext:
             self.reporter(epoch, metrics)
 
     def get(self, dotted: str, default: Any = None) -> Any:
-        """Config value at a dotted key path (``"class_weighting.cap"``)."""
-        node: Any = self.config
-        for part in dotted.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return default
-            node = node[part]
-        return node
+        """Config value at a dotted key path (``"class_weighting.cap"``): :func:`derma_core.config.get_dotted`."""
+        from .config import get_dotted
+
+        return get_dotted(self.config, dotted, default)

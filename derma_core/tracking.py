@@ -39,7 +39,6 @@ TAG_PID = "derma.pid"
 TAG_PROCESS_START = "derma.process_start"
 TAG_HOST = "derma.host"
 TAG_CWD = "derma.cwd"
-TAG_WORK_DIR = "derma.work_dir"
 
 _MAX_PARAM_LEN = 6000
 

@@ -1,7 +1,9 @@
 """Class weights from train labels, the original study's: ``w_c = N / (K * count_c)``.
 
 One implementation for every trained backend (the CNN's loss weights, the linear probe's
-``class_weight``), for any number of classes ``K`` (the run's label set).
+``class_weight``, the LoRA answer-token loss), for any label set: ``K`` is the number of classes
+present in train (scikit-learn's ``compute_class_weight("balanced")``; the seed split has all
+seven, so K = 7 there), which keeps the mean weight of a training image at 1.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ def class_weights(labels: np.ndarray, mode: str = "capped", cap: float = 3.0, *,
                   num_classes: int) -> np.ndarray | None:
     """The original study's class weights from train label indices: ``w_c = N / (K * count_c)``.
 
-    ``num_classes`` is ``K``, the size of the dataset's label set (``len(split.label_set)``):
-    labels are indices ``0..K-1``. ``mode`` ``none`` returns None (plain cross-entropy);
-    ``capped`` clips every weight at ``cap``; ``uncapped`` (alias ``balanced``) keeps them. A
-    class absent from ``labels`` gets weight 0 (it has no training examples to weigh, and an
-    infinite weight would poison the validation loss).
+    ``num_classes`` is the size of the dataset's label set (``len(split.label_set)``): labels are
+    indices ``0..num_classes-1`` and one weight per class is returned. ``K`` is the number of
+    classes present in ``labels`` (all of them on a real train split). ``mode`` ``none`` returns
+    None (plain cross-entropy); ``capped`` clips every weight at ``cap``; ``uncapped`` (alias
+    ``balanced``) keeps them. A class absent from ``labels`` gets weight 0 (it has no training
+    examples to weigh, and an infinite weight would poison the validation loss).
     """
     if mode == "balanced":
         mode = "uncapped"
@@ -40,7 +43,7 @@ def class_weights(labels: np.ndarray, mode: str = "capped", cap: float = 3.0, *,
                          f"(the label set has {k} classes)")
     counts = np.bincount(labels, minlength=k).astype(np.float64)
     with np.errstate(divide="ignore"):
-        weights = np.where(counts > 0, len(labels) / (k * counts), 0.0)
+        weights = np.where(counts > 0, len(labels) / (np.count_nonzero(counts) * counts), 0.0)
     if mode == "capped":
         if not cap > 0:
             raise ValueError(f"class_weighting.cap must be > 0, got {cap!r}")

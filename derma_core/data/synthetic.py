@@ -25,7 +25,6 @@ It is NOT medical data: every image is a drawing. A synthetic raw folder holds
 from __future__ import annotations
 
 import colorsys
-import hashlib
 import json
 import os
 import shutil
@@ -576,9 +575,3 @@ def build_metadata(n: int, seed: int) -> pd.DataFrame:
 
     frame = draw(DESCRIPTOR, n, seed)
     return frame.assign(lesion_id=frame["group_id"], localization=frame["site"])
-
-
-def generator_digest(n: int, seed: int, dataset: str = "ham10000") -> str:
-    """Identifies a synthetic set: same digest, same files."""
-    tail = "" if dataset == "ham10000" else f"-{dataset}"
-    return hashlib.sha256(f"synthetic-v{GENERATOR_VERSION}-n{n}-s{seed}{tail}".encode()).hexdigest()

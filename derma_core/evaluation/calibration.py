@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .probabilities import softmax
+
 #: Equal-width confidence bins (Guo et al., 2017, "On calibration of modern neural networks").
 DEFAULT_BINS = 15
 
@@ -68,7 +70,6 @@ def classwise_ece(y_true: np.ndarray, probabilities: np.ndarray, n_bins: int = D
     total = 0.0
     for c in range(k):
         ids = np.searchsorted(edges[1:-1], p[:, c])
-        count = np.bincount(ids, minlength=n_bins)
         gap = np.abs(np.bincount(ids, weights=p[:, c], minlength=n_bins)
                      - np.bincount(ids, weights=(y_true == c).astype(np.float64), minlength=n_bins))
         total += float(gap.sum() / n)  # sum_b (n_b / n) * |mean p - frequency| = sum_b |sum p - count| / n
@@ -78,12 +79,6 @@ def classwise_ece(y_true: np.ndarray, probabilities: np.ndarray, n_bins: int = D
 def _log_probs(probabilities: np.ndarray) -> np.ndarray:
     """log p, clipped away from 0 so a zero probability stays finite (the 'logits' scaled below)."""
     return np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1.0))
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def nll(y_true: np.ndarray, probabilities: np.ndarray) -> float:
@@ -109,7 +104,7 @@ class Scaler:
         return float(1.0 / self.weights[0]) if self.method == "temperature" else float("nan")
 
     def apply(self, probabilities: np.ndarray) -> np.ndarray:
-        return _softmax(_log_probs(probabilities) * self.weights + self.bias)
+        return softmax(_log_probs(probabilities) * self.weights + self.bias)
 
 
 def fit_scaler(y_true: np.ndarray, probabilities: np.ndarray, method: str = "temperature") -> Scaler:
@@ -135,7 +130,7 @@ def fit_scaler(y_true: np.ndarray, probabilities: np.ndarray, method: str = "tem
 
         def loss_v(theta: np.ndarray) -> tuple[float, np.ndarray]:
             w, b = theta[:k], theta[k:]
-            q = _softmax(lp * w + b)
+            q = softmax(lp * w + b)
             value = -np.mean(np.log(np.clip(q[rows, y_true], 1e-300, None)))
             diff = (q - onehot) / n
             return float(value), np.concatenate([(diff * lp).sum(axis=0), diff.sum(axis=0)])

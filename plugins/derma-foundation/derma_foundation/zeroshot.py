@@ -33,8 +33,6 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "clinical": ("a clinical photograph of {}.", "a photo of {}, a skin condition.",
                  "a close-up photo of {} on the skin."),
 }
-#: The templates of the original dermoscopic recipe (``prompts.templates: auto`` on HAM10000).
-DEFAULT_TEMPLATES = TEMPLATES["dermoscopic"]
 NAME_MODES = ("both", "clinical", "code", "synonyms")
 
 

@@ -24,7 +24,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .tiny import CHAT_TEMPLATE, IMAGE_TOKEN, _atomic_dir, default_cache_dir, make_processor, mistral_tokenizer_file
+from .prompting import CHAT_TEMPLATE, IMAGE_TOKEN
+from .tiny import _atomic_dir, default_cache_dir, make_processor, mistral_tokenizer_file
 
 CONVERTER_VERSION = "1"
 #: The config of openai/clip-vit-large-patch14-336 (LLaVA-Med v1.5's tower), for converting a
@@ -36,33 +37,6 @@ KNOWN_TOWERS = {"openai/clip-vit-large-patch14-336": CLIP_L14_336}
 _TEXT_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
               "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps", "sliding_window",
               "bos_token_id", "eos_token_id", "initializer_range", "attention_dropout")
-
-
-#: The chat template saved with a converted folder, faithful for plain transformers users (vLLM,
-#: lmms-eval, vlm_zeroshot): ``[INST] <image> \n{question} [/INST]``. The space after ``<image>``
-#: makes the whole rendered prompt tokenise (BOS added by the tokenizer, as LLaVA-Med's own code
-#: does; a BOS rendered by the template would lose the ``▁`` of ``▁[INST]``) to exactly
-#: LLaVA-Med's chunked ids ``1, 733, 16289, 28793, 28705, <image>, 28705, 13 ...``; without the
-#: space the ``▁`` after the image is lost. An assistant turn appends
-#: `` {answer}</s>``. (The pixels: transformers 5 picks the image processor's backend at load time,
-#: torchvision whenever it is installed, and no saved file can choose it, so the PIL pixels of
-#: LLaVA-Med need ``AutoProcessor.from_pretrained(folder, backend="pil")``; derma passes it.)
-FAITHFUL_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}"
-    "{{ '[INST] ' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<image> \n' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}"
-    "{% if message['content'] is string %}{{ ' ' + message['content'] }}"
-    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ ' ' + part['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{{ eos_token }}"
-    "{% endif %}"
-    "{% endfor %}"
-)
 
 
 class ConversionError(ValueError):
@@ -305,8 +279,8 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, vision_to
     GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                      pad_token_id=tokenizer.eos_token_id, do_sample=False).save_pretrained(tmp)
     processor = make_processor(tokenizer, crop, vision_config.patch_size, pre.get("image_mean"), pre.get("image_std"))
-    processor.chat_template = FAITHFUL_CHAT_TEMPLATE
-    processor.tokenizer.chat_template = FAITHFUL_CHAT_TEMPLATE
+    processor.chat_template = CHAT_TEMPLATE
+    processor.tokenizer.chat_template = CHAT_TEMPLATE
     if not cfg.get("image_aspect_ratio", "pad") == "pad":
         processor.image_processor.do_pad = False
     processor.save_pretrained(tmp)

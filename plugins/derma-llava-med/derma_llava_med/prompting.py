@@ -17,6 +17,32 @@ from derma_vlm.codec import IGNORE_INDEX, left_pad
 
 IMAGE_TOKEN = "<image>"
 
+#: The chat template saved with a converted folder and with the tiny-random folder, faithful for
+#: plain transformers users (vLLM, lmms-eval, vlm_zeroshot): ``[INST] <image> \n{question} [/INST]``. The space after ``<image>``
+#: makes the whole rendered prompt tokenise (BOS added by the tokenizer, as LLaVA-Med's own code
+#: does; a BOS rendered by the template would lose the ``▁`` of ``▁[INST]``) to exactly
+#: LLaVA-Med's chunked ids ``1, 733, 16289, 28793, 28705, <image>, 28705, 13 ...``; without the
+#: space the ``▁`` after the image is lost. An assistant turn appends
+#: `` {answer}</s>``. (The pixels: transformers 5 picks the image processor's backend at load time,
+#: torchvision whenever it is installed, and no saved file can choose it, so the PIL pixels of
+#: LLaVA-Med need ``AutoProcessor.from_pretrained(folder, backend="pil")``; derma passes it.)
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image> \n' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{% if message['content'] is string %}{{ ' ' + message['content'] }}"
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ ' ' + part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{ eos_token }}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+
 
 def render_prompt(question: str) -> str:
     """The inference prompt: ``[INST] <image>\\n{question} [/INST]`` (BOS comes from the tokenizer)."""

@@ -19,28 +19,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .prompting import CHAT_TEMPLATE, IMAGE_TOKEN
+
 #: What ``model.name`` says to get the smoke-test model.
 TINY_NAME = "tiny-random"
-#: The chat template of LLaVA-Med v1.5 (``mistral_instruct``), as a Jinja chat template:
-#: one user turn renders exactly ``[INST] <image>\n{question} [/INST]``; an assistant turn
-#: appends `` {answer}</s>``. BOS is left to the tokenizer.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}"
-    "{{ '[INST] ' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<image>\n' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}"
-    "{% if message['content'] is string %}{{ ' ' + message['content'] }}"
-    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ ' ' + part['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{{ eos_token }}"
-    "{% endif %}"
-    "{% endfor %}"
-)
-IMAGE_TOKEN = "<image>"
 
 # Tiny architecture: CLIP 32 px / patch 8 -> 16 patch tokens per image; a 2-layer Mistral.
 TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
@@ -50,7 +32,7 @@ TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num
                  num_key_value_heads=2, head_dim=16, max_position_embeddings=4096, rms_norm_eps=1e-5,
                  sliding_window=None, rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
                  tie_word_embeddings=False)
-_TINY_VERSION = "1"
+_TINY_VERSION = "2"  # 2: the faithful chat template (a space after <image>)
 
 
 def default_cache_dir() -> Path:

@@ -22,8 +22,9 @@ from derma_core.prompts import SEED_PROMPTS
 from derma_core.testing import make_context, make_tiny_dataset
 from derma_llava_med.lora import ADAPTER_DIR, ADAPTER_INFO, CHECKPOINT_DIR, LoraClassifier
 from derma_llava_med.prompting import encode_prompt, encode_training_example
+from derma_core.weighting import class_weights
 from derma_vlm.training import (LM_LINEAR_LAYERS, AnswerOnlyCollator, AnswerOnlyDataset, build_lora_model,
-                                class_weights, lora_target_regex, make_trainer_class, trainable_summary)
+                                lora_target_regex, make_trainer_class, trainable_summary)
 
 REPO = Path(__file__).resolve().parents[3]
 CODES = list(HAM.codes)
@@ -116,12 +117,12 @@ def test_class_weights_are_the_seed_formula():
     k = len(HAM)
     np.testing.assert_allclose(class_weights(y, "balanced", num_classes=k), [4.32, 2.73, 1.30, 12.73, 1.29, 0.21, 10.72],
                                atol=0.01)
-    np.testing.assert_allclose(class_weights(y, "balanced", 3.0, num_classes=k), [3, 2.73, 1.30, 3, 1.29, 0.21, 3],
+    np.testing.assert_allclose(class_weights(y, "capped", 3.0, num_classes=k), [3, 2.73, 1.30, 3, 1.29, 0.21, 3],
                                atol=0.01)
     assert class_weights(y, "none", num_classes=k) is None
     w = class_weights(np.array([0, 0, 1]), "balanced", num_classes=k)
     assert w[2:].sum() == 0 and w[0] < w[1]
-    # any number of classes: N / (K' * count) over the K' classes present, 0 for absent ones
+    # the LoRA backend uses the core's weights: N / (K' * count) over the K' classes present, 0 for absent ones
     np.testing.assert_allclose(class_weights(np.array([0, 1, 1, 1]), "balanced", num_classes=2), [2.0, 2 / 3])
     many = class_weights(np.array([0, 0, 113]), "balanced", num_classes=114)
     assert many.shape == (114,) and many[113] == pytest.approx(1.5) and many[1:113].sum() == 0
@@ -292,7 +293,7 @@ def test_best_epoch_is_the_saved_adapter(trained):
 
 def test_saved_adapter_gives_identical_predictions(trained, tmp_path):
     ds, config = trained["ds"], trained["config"]
-    from derma_vlm.scoring import softmax
+    from derma_core.evaluation.probabilities import softmax
 
     preds = trained["predictions"]
     # predict (base loaded as zero-shot does + adapter from disk) == the model as trained, in memory

@@ -26,7 +26,8 @@ from derma_core.testing import make_context, make_tiny_dataset
 from derma_llava_med.loading import load_llava
 from derma_llava_med.lora import ADAPTER_DIR, LoraClassifier
 from derma_vlm.generation import generate_answers
-from derma_vlm.scoring import brute_force_scores, score_labels, softmax
+from derma_core.evaluation.probabilities import softmax
+from derma_vlm.scoring import brute_force_scores, score_labels
 
 P1 = SEED_PROMPTS["p1"]
 CODES = list(HAM.codes)

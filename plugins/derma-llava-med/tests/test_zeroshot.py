@@ -39,7 +39,7 @@ def test_prompts_render_exactly(tiny, name):
     assert render_prompt(question) == f"[INST] <image>\n{question} [/INST]"
     text = tiny.processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}], tokenize=False)
-    assert text == f"[INST] <image>\n{question} [/INST]"
+    assert text == f"[INST] <image> \n{question} [/INST]"  # the saved template: whole = chunked ids
     ids = encode_prompt(tiny.tokenizer, question, tiny.image_token_id, tiny.n_image_tokens)
     n = tiny.n_image_tokens
     # the original chunked tokenisation: a ▁ (28705) on both sides of the image
@@ -139,7 +139,8 @@ def test_predict_score_mode_gives_probabilities(tiny, dataset, tmp_path):
     np.testing.assert_allclose(preds.probabilities.sum(axis=1), 1.0)
     assert preds.labels == [HAM.codes[k] for k in preds.probabilities.argmax(axis=1)]
     # the study's strings are what is scored: p1 and the seven codes, as before label sets existed
-    from derma_vlm.scoring import score_labels, softmax
+    from derma_core.evaluation.probabilities import softmax
+    from derma_vlm.scoring import score_labels
 
     images = [dataset["test"].load_image(i) for i in range(len(dataset["test"]))]
     np.testing.assert_allclose(preds.probabilities, softmax(score_labels(tiny, images, P1, CODES)), atol=1e-12)
@@ -280,7 +281,8 @@ def test_seed_preset_is_model_vqa_settings():
 def test_score_and_strict_generate_on_a_three_class_dataset(tiny, tmp_path):
     """Another label set: the question lists its codes, its codes are scored, strict parsing reads its names."""
     from derma_core.answers import strict_parse
-    from derma_vlm.scoring import score_labels, softmax
+    from derma_core.evaluation.probabilities import softmax
+    from derma_vlm.scoring import score_labels
 
     three = LabelSet(codes=("scc", "sk", "nev"), names=("Squamous cell carcinoma", "Seborrheic keratosis", "Mole"))
     ds = make_tiny_dataset(n_train=3, n_val=3, n_test=5, size=24, label_set=three)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from derma_core.config import get_dotted
+from derma_core.evaluation.probabilities import softmax
 from derma_core.interfaces import Predictions, RunContext, Split
 from derma_core.labels import LabelSet
 
@@ -23,7 +24,7 @@ from .data import SplitImages
 from .model import ProbabilityModel, build_model, build_net, is_timm_arch, load_weights_into, timm_preprocessing
 from .recipe import (class_weights, recipe_from_config, resolve_channels_last, resolve_num_workers,
                      resolve_precision, resolve_weights)
-from .training import Runtime, curves_figure, predict_logits, softmax, train
+from .training import Runtime, curves_figure, predict_logits, train
 
 
 class ResNet18Classifier:

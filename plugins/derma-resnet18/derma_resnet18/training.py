@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from derma_core.evaluation.metrics import classification_metrics, probability_metrics
+from derma_core.evaluation.probabilities import softmax
 from derma_core.interfaces import RunContext
 
 from .augment import BatchAugment, eval_batch, train_batch
@@ -116,10 +117,6 @@ def predict_logits(model: nn.Module, dataset: SplitImages, rt: Runtime, batch_si
         out.append(logits.float().cpu().numpy())
     local = np.concatenate(out) if out else np.zeros((0, model.head.out_features), np.float32)
     return all_gather_rows(local, rt)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    return torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
 
 
 def validation_metrics(y: np.ndarray, logits: np.ndarray, criterion: nn.Module, label_set) -> dict[str, float]:

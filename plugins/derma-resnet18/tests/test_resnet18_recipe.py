@@ -60,7 +60,10 @@ def test_class_weights_edge_cases():
     y = np.array([0, 0, 1, 5])  # classes 2, 3, 4, 6 absent
     w = R.class_weights(y, "uncapped", num_classes=7)
     assert w.shape == (7,) and w[2] == 0 and w[3] == 0 and np.isfinite(w).all()
-    assert w[0] == pytest.approx(4 / (7 * 2))
+    assert w[0] == pytest.approx(4 / (3 * 2))  # K = the 3 classes present: sklearn's "balanced"
+    from sklearn.utils.class_weight import compute_class_weight
+
+    np.testing.assert_allclose(w[[0, 1, 5]], compute_class_weight("balanced", classes=np.array([0, 1, 5]), y=y))
     with pytest.raises(ValueError, match="class_weighting.mode"):
         R.class_weights(y, "sqrt", num_classes=7)
     with pytest.raises(ValueError, match="empty"):

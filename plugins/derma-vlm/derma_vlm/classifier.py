@@ -193,7 +193,7 @@ class VlmClassifier:
         info: dict[str, Any] = {"answer_mode": mode, "prompt": self.config.get("prompt"), "question": question,
                                 "model_id": loaded.model_id}
         if mode == "score":
-            from .scoring import softmax
+            from derma_core.evaluation.probabilities import softmax
 
             scores = np.array([r["scores"] for r in rows], dtype=np.float64).reshape(len(rows), len(label_set))
             probs = softmax(scores)

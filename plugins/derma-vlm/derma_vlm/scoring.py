@@ -185,8 +185,3 @@ def score_classes(loaded, images: list, question: str, answers: Sequence[Sequenc
     return out
 
 
-def softmax(scores: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of label log-likelihoods: probabilities over the labels."""
-    z = scores - scores.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)

@@ -367,7 +367,7 @@ def test_qlora_quantises_only_the_language_model(arch, model_cache, tmp_path):
 def test_zero_shot_score_mode_on_a_three_class_dataset(model_cache, tmp_path):
     from derma_core.prompts import generic
     from derma_vlm.generic import GenericVlmClassifier, score_classes
-    from derma_vlm.scoring import softmax
+    from derma_core.evaluation.probabilities import softmax
 
     ds = make_tiny_dataset(n_train=6, n_val=6, n_test=6, size=24, label_set=THREE)
     config = resolve_config("vlm_zeroshot", overrides=["model.name=tiny-gemma3", "answer_mode=score", "prompt=classes",

@@ -209,11 +209,9 @@ class Acceptance:
     def metric(self, run_id: str | None, key: str) -> float | None:
         if not run_id:
             return None
-        import mlflow
+        from derma_core.tracking import last_metric
 
-        client = mlflow.MlflowClient(f"sqlite:///{self.work / 'mlruns' / 'mlflow.db'}")
-        history = client.get_metric_history(run_id, key)
-        return float(sorted(history, key=lambda m: m.step)[-1].value) if history else None
+        return last_metric(run_id, key, f"sqlite:///{self.work / 'mlruns' / 'mlflow.db'}")
 
     def dataset(self):
         """The synthetic set the steps use (generated once into the work folder's cache)."""

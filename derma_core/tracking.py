@@ -460,6 +460,14 @@ class Tracker:
     def download_artifacts(self, path: str, dst: str | os.PathLike) -> Path:
         return Path(self.client.download_artifacts(self.run_id, path, str(dst)))
 
+    def artifact_paths(self, folder: str | None = None) -> set[str]:
+        """The paths of the run's artifacts directly in ``folder`` (None: the top level)."""
+        return {a.path for a in self.client.list_artifacts(self.run_id, folder)}
+
+    def status(self) -> str:
+        """The run's status now: RUNNING, FINISHED, FAILED or KILLED."""
+        return self.client.get_run(self.run_id).info.status
+
 
 class NullTracker(Tracker):
     """Logs nothing: for non-main DDP ranks and for library use without a store."""
@@ -683,6 +691,14 @@ def parent_run_id(run: Any) -> str | None:
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
     return run.data.tags.get(MLFLOW_PARENT_RUN_ID)
+
+
+def last_metric(run_id: str, key: str, uri: str | None = None) -> float | None:
+    """The last-step value of metric ``key`` of a run (None when it was never logged)."""
+    import mlflow
+
+    history = mlflow.MlflowClient(resolve_tracking_uri(uri)).get_metric_history(run_id, key)
+    return float(max(history, key=lambda m: m.step).value) if history else None
 
 
 def load_run_table(run_id: str, artifact: str = "predictions.csv", uri: str | None = None) -> pd.DataFrame:

@@ -40,6 +40,7 @@ from typing import Any, Iterable
 from . import hookimpl
 from .data.datasets.ham10000 import require_ham10000
 from .labels import LabelSet
+from .textio import TextEncodingError, encoding_option, open_text
 
 PARSERS = ("seed", "strict")
 
@@ -127,11 +128,6 @@ def strict_parse(text: str | None, label_set: LabelSet) -> tuple[str | None, str
     return found.pop(), None
 
 
-def parse_strict(text: str | None, label_set: LabelSet) -> str | None:
-    """The strict parser's label (None when invalid)."""
-    return strict_parse(text, label_set)[0]
-
-
 @dataclass
 class ParseReport:
     """Labels parsed from answers, with counts of why answers were invalid."""
@@ -193,14 +189,18 @@ class JsonlRead:
     problems: list[tuple[int, str]] = field(default_factory=list)
 
 
-def _read_jsonl(path: str | os.PathLike, required: dict[str, type | tuple]) -> JsonlRead:
+def _read_jsonl(path: str | os.PathLike, required: dict[str, type | tuple], encoding: str = "utf-8") -> JsonlRead:
     path = Path(path)
     if not path.exists():
         raise AnswerFileError(f"{path} does not exist")
     rows: list[dict] = []
     problems: list[tuple[int, str]] = []
     seen: dict[str, tuple[int, dict]] = {}
-    with path.open(encoding="utf-8") as fh:
+    try:  # a byte the encoding cannot decode: one line naming the line and offset, and --encoding
+        stream = open_text(path, encoding)
+    except TextEncodingError as exc:
+        raise AnswerFileError(str(exc)) from None
+    with stream as fh:
         for n, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -233,14 +233,16 @@ def _read_jsonl(path: str | os.PathLike, required: dict[str, type | tuple]) -> J
     return JsonlRead(rows, problems)
 
 
-def read_questions(path: str | os.PathLike) -> JsonlRead:
-    """A ``model_vqa.py`` question file: question_id, image, text (and answer, the true label)."""
-    return _read_jsonl(path, {"question_id": (str, int), "image": str, "text": str})
+def read_questions(path: str | os.PathLike, encoding: str = "utf-8") -> JsonlRead:
+    """A ``model_vqa.py`` question file: question_id, image, text (and answer, the true label),
+    in ``encoding`` (``--encoding``; UTF-8 by default)."""
+    return _read_jsonl(path, {"question_id": (str, int), "image": str, "text": str}, encoding)
 
 
-def read_answers(path: str | os.PathLike) -> JsonlRead:
-    """A ``model_vqa.py`` answer file: question_id, prompt, text, answer_id, model_id, metadata."""
-    return _read_jsonl(path, {"question_id": (str, int), "text": str})
+def read_answers(path: str | os.PathLike, encoding: str = "utf-8") -> JsonlRead:
+    """A ``model_vqa.py`` answer file: question_id, prompt, text, answer_id, model_id, metadata,
+    in ``encoding`` (``--encoding``; UTF-8 by default)."""
+    return _read_jsonl(path, {"question_id": (str, int), "text": str}, encoding)
 
 
 def _write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
@@ -307,21 +309,21 @@ class AnswerEvaluation:
 
 
 def evaluate_answer_files(questions: str | os.PathLike, answers: str | os.PathLike,
-                          parser: str = "seed", *, label_set: LabelSet) -> AnswerEvaluation:
+                          parser: str = "seed", *, label_set: LabelSet, encoding: str = "utf-8") -> AnswerEvaluation:
     """Join an answer file to its question file and parse the answers into ``label_set``'s codes.
 
     Questions without an answer become invalid predictions (listed in ``missing``); answers to
     unknown questions are ignored (listed in ``extra``); malformed lines are skipped and listed
     by line number in ``problems``; questions whose ``answer`` is not a class of ``label_set``
     are skipped and listed too. Each question's group is its ``group_id`` (or ``lesion_id``)
-    field, else the question itself."""
+    field, else the question itself. Both files are read in ``encoding``."""
     import pandas as pd
 
     from .interfaces import Predictions, Split
 
     check_parser(parser, label_set)
-    q = read_questions(questions)
-    a = read_answers(answers)
+    q = read_questions(questions, encoding)
+    a = read_answers(answers, encoding)
     problems = {"questions": q.problems, "answers": a.problems}
     classes = ", ".join(label_set.codes)
     labelled, unlabelled = [], []
@@ -481,8 +483,9 @@ def _register(cli) -> None:
     @click.option("--metadata", "metadata", type=click.Path(dir_okay=False),
                   help="HAM10000_metadata.csv: attach lesion ids (lesion-level intervals) and sex, age, "
                        "localization, dx_type (subgroup tables) by image id.")
+    @encoding_option("the question and answer files")
     def eval_answers_command(questions, answers, parser, experiment, run_name, tracking_uri, overrides, prepared,
-                             metadata):
+                             metadata, encoding):
         """Evaluate an existing model_vqa.py answer file through derma's evaluators; log an MLflow run."""
         from . import runner, tracking
         from .config import ConfigError, resolve_config
@@ -494,7 +497,7 @@ def _register(cli) -> None:
             config = resolve_config(None, overrides=overrides)
             config["parser"] = parser
             descriptor, prepared_dataset = answers_dataset(prepared)
-            ev = evaluate_answer_files(questions, answers, parser, label_set=descriptor.labels)
+            ev = evaluate_answer_files(questions, answers, parser, label_set=descriptor.labels, encoding=encoding)
             join = None
             if metadata:
                 ev.split, join = attach_metadata(ev.split, metadata)
@@ -610,7 +613,7 @@ def sweep_prompts(plugin: str, prompts: list[str], config_file=None, overrides=(
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from . import runner, tracking
+    from . import plugins, runner, tracking
     from .config import resolve_config
 
     values = {"tracking.uri": tracking_uri, "tracking.experiment": experiment}
@@ -618,6 +621,8 @@ def sweep_prompts(plugin: str, prompts: list[str], config_file=None, overrides=(
     split = base["evaluation"]["split"]
     dataset = runner.load_dataset(base)
     check_prompts(prompts, dataset.label_set)
+    # a split the runs need without rows: one line before the parent run exists
+    runner.check_dataset_splits(dataset, plugins.get_classifier(plugin), split)
     exp_name = base["tracking"].get("experiment") or dataset.name
     rows = []
     tags = {tracking.TAG_KIND: "sweep-prompts", tracking.TAG_PLUGIN: plugin, tracking.TAG_DATASET: dataset.name,

@@ -60,8 +60,8 @@ def main() -> None:
         interrupt = exc if isinstance(exc, KeyboardInterrupt) else exc.__context__ or exc.__cause__
         interrupt = interrupt if isinstance(interrupt, KeyboardInterrupt) else KeyboardInterrupt()
         run_id = getattr(interrupt, "run_id", None)
-        where = ""
-        if run_id:
+        where = getattr(interrupt, "detail", None) or ""  # a command's own account (derma tune: its study)
+        if run_id and not where:
             work_dir = getattr(interrupt, "work_dir", None)
             kept = f"; checkpoint and partial results kept in {work_dir}" if work_dir else ""
             where = (f": MLflow run {run_id} ended as KILLED{kept}; continue it with "

@@ -93,15 +93,19 @@ def parse_yaml(text: str, source: str) -> Any:
 def load_yaml(path: str | os.PathLike) -> dict:
     """A YAML mapping file (a config, search space or study): one-line errors naming the file and
     line for missing files, invalid YAML and repeated keys."""
+    from .textio import SAVE_AS_UTF8_REMEDY, TextEncodingError, read_text
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, remedy=SAVE_AS_UTF8_REMEDY)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: byte {exc.start} is not UTF-8 ({exc.reason}); save the file as UTF-8") from None
+    except TextEncodingError as exc:  # one line: the file, line, byte offset and the byte
+        raise ConfigError(str(exc)) from None
     try:
         data = parse_yaml(text, str(path))
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (a control character)
+        raise ConfigError(_reader_error(path, text, exc)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -111,6 +115,20 @@ def load_yaml(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
     return data
+
+
+def _reader_error(path: Path, text: str, exc: yaml.reader.ReaderError) -> str:
+    """PyYAML's reader error (two lines, a character offset) as one line: the file, line and
+    column of the character, and what to do."""
+    position = max(0, min(int(getattr(exc, "position", 0) or 0), len(text)))
+    before = text[:position]
+    line = before.count("\n") + 1
+    column = position - (before.rfind("\n") + 1) + 1
+    char = getattr(exc, "character", None)
+    what = f"character #x{char:04x}" if isinstance(char, int) else "a character"
+    reason = str(getattr(exc, "reason", "") or "it is not allowed").strip()
+    return (f"{path} line {line}, column {column}: not valid YAML ({what}: {reason}); delete that character or "
+            "write it as an escape in a double-quoted string (YAML allows printable text, tabs and newlines)")
 
 
 def deep_merge(base: dict, other: dict) -> dict:

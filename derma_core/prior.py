@@ -18,6 +18,8 @@ class PriorClassifier:
     name = "prior"
     #: fit() reads only the train split: all of val may calibrate (derma_core/data/calibration_split.py)
     selects_on_val = False
+    #: ...but it does train (the class priors): a run refuses an empty train split before it starts
+    needs_train = True
 
     def __init__(self, config: dict) -> None:
         self.config = config

@@ -59,10 +59,6 @@ _MISSING = object()
 #: The run artifact holding the run's label set (``LabelSet.to_dict()``); compare and report read it.
 LABEL_SET_ARTIFACT = "label_set.json"
 
-#: Keys that exist only in a resolved config (the runner sets them; not accepted as input).
-RESOLVED_ONLY_KEYS = ("world_size", "train.effective_batch_size")
-
-
 def curated_params(config: dict) -> dict[str, Any]:
     """The curated params of a (resolved) config: per name, the first of its keys that holds a
     value other than null; null when the keys are present but all null; absent when none is."""
@@ -155,6 +151,15 @@ def load_dataset(config: dict) -> Dataset:
     """The dataset ``data.source`` names, through the dataset-source registry."""
     source = plugins.get_dataset_source(config["data"]["source"])
     return source.obj(config)
+
+
+def check_dataset_splits(dataset: Dataset, reg: plugins.Registration, eval_split: str) -> None:
+    """Before any MLflow run exists: every split the run needs (the evaluated one; train when the
+    backend trains; val when it selects on val) has rows, or one line saying how many rows and
+    groups there are and what is missing (:mod:`derma_core.data.feasibility`)."""
+    from .data.feasibility import check_run_splits, run_needs
+
+    check_run_splits(dataset, run_needs(reg.obj, eval_split), reg.name)
 
 
 def _distributed() -> tuple[int, int]:
@@ -267,9 +272,10 @@ def _run(
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     seed_everything(int(config["seed"]), bool(config.get("deterministic", True)))
     dataset = load_dataset(config)
+    eval_split_name = get_dotted(config, "evaluation.split", "test")
+    check_dataset_splits(dataset, reg, eval_split_name)
     # other datasets to evaluate on (--eval-dataset): loaded, label-mapped and leakage-checked before any work
     cross = CrossDataset.load(config, dataset, log=None if rank == 0 else (lambda line: None))
-    eval_split_name = get_dotted(config, "evaluation.split", "test")
     experiment = get_dotted(config, "tracking.experiment") or dataset.name
     run_name = get_dotted(config, "tracking.run_name")
     # derma names every run itself (MLflow's drawn names repeat: derma has seeded its RNG)
@@ -327,7 +333,7 @@ def _run(
 def _run_body(config, reg, dataset: Dataset, tracker: tracking.Tracker, run_id: str, device: str,
               work_root: Path, eval_split_name: str, resume: bool, reporter, rank: int, world: int,
               experiment: str, rename: str | None = None, cross: CrossDataset | None = None) -> RunResult:
-    from .data.prepare import atomic_write_text
+    from .atomic import write_text as atomic_write_text
 
     work_dir = work_root / run_id
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -83,21 +83,27 @@ OPTION_HELP = "A dataset option KEY=VALUE (repeatable); `derma datasets` lists e
 @click.option("--resize", "resize_mode", default="squash", show_default=True,
               type=click.Choice(["squash", "pad", "crop"]),
               help="squash (the original study's), pad to square with the mean colour (LLaVA), or centre crop.")
+@click.option("--min-side", default=16, show_default=True, type=int,
+              help="Refuse images with a side shorter than this many pixels (each is named in the prep report).")
 @click.option("--strict", is_flag=True, help="Treat every warning as fatal.")
+@click.option("--verify", is_flag=True,
+              help="Check every chunk of an up-to-date cache against its recorded digests (not a sample); "
+                   "damaged rows are resized again.")
 @click.option("--name", default=None, help="Name recorded in the manifest (the MLflow experiment); default: the dataset's.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def prep_command(dataset, spec, raw_dir, out_dir, option_pairs, size, split_mode, seed, ratios, folds, workers,
-                 resize_mode, strict, name, quiet):
+                 resize_mode, min_side, strict, verify, name, quiet):
     """Verify, split, resize and cache a raw dataset folder for `derma run --data-dir`."""
     from .prepare import PrepParams, prepare
     from .raw import PrepError
 
     descriptor = _descriptor(dataset, spec, raw_dir)
     params = PrepParams(size=size, split=split_mode, seed=seed, resize=resize_mode, ratios=_ratios(ratios),
-                        folds=folds)
+                        folds=folds, min_side=min_side)
     try:
         prepare(raw_dir, out_dir, params, workers=workers, strict=strict, name=name, progress=not quiet,
-                log=lambda m: click.echo(m, err=True), dataset=descriptor, options=_options(option_pairs))
+                log=lambda m: click.echo(m, err=True), dataset=descriptor, options=_options(option_pairs),
+                verify=verify)
     except PrepError as exc:
         _fail(str(exc))
 

@@ -19,6 +19,11 @@ Re-running with the same inputs and parameters does nothing; changed or added im
 resized again and the rest copied from the previous cache; a different size or resize mode
 rebuilds. An interrupted run resumes from ``cache/images.partial.npy``. Every file is written
 under a temporary name and renamed into place.
+
+The manifest records the cache's size and a sha256 per 256 rows (``cache.integrity``). A re-run
+that finds nothing to do checks the size and a sample of chunks (``--verify``: every chunk), and
+:func:`load_prepared` checks the size and a sample before a run trusts the cache; a damaged cache
+is repaired by re-running: only the rows of the damaged chunks are resized again.
 """
 
 from __future__ import annotations
@@ -37,10 +42,12 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
+from ..atomic import atomic_path, write_json as atomic_write_json, write_text as atomic_write_text
 from ..labels import LabelSet
 from . import raw as rawmod
 from .raw import PrepError, Problem, RawData
-from .resize import RESIZE_MODES, missing_rows, resampler, resize_into_cache
+from .resize import (DECODE_VERSION, DEFAULT_MIN_SIDE, RESIZE_MODES, CacheCheck, cache_record,
+                     check_cache, error_code, missing_rows, open_rows, read_header, resampler, resize_into_cache)
 from .splits import (SPLITS, check_no_leakage, counts_table, grouped_folds, grouped_split, leaking_groups,
                      official_split, seed_split)
 
@@ -73,6 +80,7 @@ class PrepParams:
     resize: str = "squash"
     ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)
     folds: int | None = None
+    min_side: int = DEFAULT_MIN_SIDE
 
     def check(self) -> None:
         if self.split is not None and self.split not in SPLIT_MODES:
@@ -83,12 +91,16 @@ class PrepParams:
             raise PrepError(f"error: --size {self.size}: use a side between 8 and 4096 pixels")
         if self.folds is not None and self.folds < 2:
             raise PrepError(f"error: --folds {self.folds}: use at least 2 (or leave it out)")
+        if self.min_side < 1:
+            raise PrepError(f"error: --min-side {self.min_side}: use at least 1 pixel")
 
     def as_dict(self) -> dict:
         d = {"size": self.size, "split": self.split, "seed": self.seed, "resize": self.resize,
              "folds": self.folds}
         if self.split in ("grouped", "official"):
             d["ratios"] = [float(r) for r in self.ratios]
+        if self.min_side != DEFAULT_MIN_SIDE:  # only when set: the default keeps earlier digests
+            d["min_side"] = self.min_side
         return d
 
     def for_dataset(self, descriptor: "DatasetDescriptor", label_set: LabelSet) -> "PrepParams":
@@ -110,22 +122,8 @@ class PrepParams:
 
 # ---------------------------------------------------------------- atomic file helpers
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, data) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
 def atomic_write_csv(path: Path, frame: pd.DataFrame) -> None:
+    """A table as derma writes every CSV (:func:`derma_core.tracking.table_csv`), atomically."""
     from ..tracking import table_csv
 
     atomic_write_text(path, table_csv(frame))
@@ -217,13 +215,15 @@ def resolve_dataset(dataset: "DatasetDescriptor | str") -> "DatasetDescriptor":
 def prepare(raw_dir: str | os.PathLike | RawData, out: str | os.PathLike, params: PrepParams | None = None, *,
             workers: int | None = None, strict: bool = False, name: str | None = None, synthetic: bool | None = None,
             progress: bool = True, log: Callable[[str], None] = print,
-            dataset: "DatasetDescriptor | str" = "ham10000", options: Mapping[str, Any] | None = None) -> dict:
+            dataset: "DatasetDescriptor | str" = "ham10000", options: Mapping[str, Any] | None = None,
+            verify: bool = False) -> dict:
     """Prepare ``raw_dir`` (a raw folder that ``dataset``'s reader reads, or a :class:`RawData`)
     into ``out`` (see the module docstring); returns the manifest.
 
     ``options`` are the dataset's preparation options (``--option KEY=VALUE``); ``name`` (the
     MLflow experiment) defaults to the dataset's name; ``synthetic`` defaults to what the raw
-    folder's :data:`~derma_core.data.synthetic.MARKER` says. Raises
+    folder's :data:`~derma_core.data.synthetic.MARKER` says; ``verify`` checks every chunk of an
+    up-to-date cache (not a sample) before saying so. Raises
     :class:`~derma_core.data.raw.PrepError` with one line per fatal problem.
     """
     params = params or PrepParams()
@@ -235,7 +235,7 @@ def prepare(raw_dir: str | os.PathLike | RawData, out: str | os.PathLike, params
     except ValueError as exc:
         raise PrepError(f"error: {exc}") from None
     params = params.for_dataset(descriptor, label_set)
-    job = _Job(descriptor, opts, label_set, name, synthetic)
+    job = _Job(descriptor, opts, label_set, name, synthetic, verify)
     out = Path(out)
     try:
         with folder_lock(out):
@@ -274,6 +274,7 @@ class _Job:
     label_set: LabelSet
     name: str | None
     synthetic: bool | None
+    verify: bool = False
 
 
 def read_raw(raw_dir: str | os.PathLike | RawData, descriptor: "DatasetDescriptor", options: Mapping[str, str],
@@ -323,18 +324,36 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, job
     fingerprint = hashlib.sha256(json.dumps({
         "version": PREP_VERSION, "params": params.as_dict(), "metadata": metadata_sha, "strict": strict,
         "resampler": resampling, "dataset": facts, "name": name, "synthetic": synthetic, "table": _table_sha(meta),
+        "decoder": DECODE_VERSION,
         "images": sorted((i, rel[i], fps[i]) for i in meta["image_id"]),
     }).encode()).hexdigest()
 
     manifest_path = out / MANIFEST
+    known: CacheCheck | None = None  # what a check of the up-to-date cache found
     if manifest_path.exists() and (out / CACHE_FILE).exists():
+        old = None
         with contextlib.suppress(ValueError, OSError):
             old = json.loads(manifest_path.read_text())
-            if old.get("fingerprint") == fingerprint:
+        if isinstance(old, dict) and old.get("fingerprint") == fingerprint:
+            # same inputs and parameters: up to date if the cache still holds what was written
+            known = _check_cache_of(out, old, full=job.verify)
+            recorded = known is None or known.recorded
+            if known is None or not known.damaged and (recorded or read_only):
                 if not synthetic:
                     log(descriptor.licence_line())
+                if job.verify and known is not None:
+                    log(f"{out / CACHE_FILE}: every chunk checked ({known.chunks} chunk{'s' * (known.chunks != 1)} "
+                        f"of up to {known.chunk_rows} rows): as written")
                 log(f"{out}: up to date (same inputs and parameters), nothing to do")
                 return old
+            if read_only:
+                raise PrepError(f"error: {out / CACHE_FILE} is damaged ({known.reason()}) and {out} is read-only: "
+                                f"make it writable and run the same command again to repair it")
+            if not known.damaged:  # prepared before caches had a record: write one (once)
+                log(f"{out / CACHE_FILE}: prepared by an earlier derma: recording its chunk digests (once)")
+            else:
+                log(f"warning: {out / CACHE_FILE} is damaged ({known.reason()}); repairing it: the rows of "
+                    f"the damaged chunks are resized again")
     if read_only:  # cannot write: stop before anything (the caller says why)
         raise PermissionError(errno.EACCES, "read-only", str(out))
 
@@ -345,6 +364,9 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, job
         raise PrepError(f"error: {data.metadata_path}: no usable rows; see {out / REPORT}")
 
     # ---- split (on rows whose image exists; images that fail to decode are dropped later)
+    from .feasibility import check_prep_splits  # too few rows or groups for a split: one line, nothing written
+
+    check_prep_splits(meta, params.split, params.ratios, params.seed, descriptor, data.metadata_path)
     if params.split == "seed":
         assignment = seed_split(meta, params.seed)
     elif params.split == "official":
@@ -373,6 +395,7 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, job
     plan = hashlib.sha256(json.dumps([params_key, [(i, rel[i], fps[i]) for i in ids]]).encode()).hexdigest()
     shas: dict[int, str] = {}
     errors: dict[int, str] = {}
+    notes: dict[int, dict] = {}  # per row: the image's size and the decoder's warnings
     partial, log_path, plan_path = out / PARTIAL, out / PARTIAL_LOG, out / PARTIAL_PLAN
     resumed = False
     if partial.exists() and plan_path.exists() and log_path.exists():
@@ -380,12 +403,15 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, job
             if json.loads(plan_path.read_text()).get("plan") == plan:
                 for line in log_path.read_text().splitlines():
                     parts = line.split("\t")
-                    if len(parts) == 3 and parts[0].isdigit():
+                    if len(parts) in (3, 4) and parts[0].isdigit():
                         row = int(parts[0])
                         if parts[1]:
                             shas[row] = parts[1]
                         else:
                             errors[row] = parts[2]
+                        if len(parts) == 4 and parts[3]:
+                            with contextlib.suppress(ValueError):
+                                notes[row] = json.loads(parts[3])
                 resumed = True
     if resumed:
         cache = np.load(partial, mmap_mode="r+")
@@ -401,32 +427,35 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, job
         atomic_write_json(plan_path, {"plan": plan})
         log_path.write_text("")
 
-    reused = _reuse_previous(out, params_key, ids, rel, fps, partial, shas, errors)
+    reused = _reuse_previous(out, params_key, ids, rel, fps, partial, shas, errors, notes, data.images,
+                             params.min_side, known)
     todo = [(row, str(data.images[i]), str(out / "images" / f"{i}.jpg"))
             for row, i in enumerate(ids) if row not in shas and row not in errors]
     with open(log_path, "a") as logf:
         def record(results):
-            for row, sha, err in results:
+            for row, sha, err, info in results:
                 if sha is not None:
                     shas[row] = sha
                 else:
                     errors[row] = err or "unknown error"
-                logf.write(f"{row}\t{sha or ''}\t{(err or '').replace(chr(9), ' ')}\n")
+                if info:
+                    notes[row] = info
+                info_text = json.dumps(info, separators=(",", ":")) if info else ""
+                logf.write(f"{row}\t{sha or ''}\t{(err or '').replace(chr(9), ' ')}\t{info_text}\n")
             logf.flush()
             os.fsync(logf.fileno())
 
         if reused:
-            record([(row, shas[row], None) for row in reused])
+            record([(row, shas[row], None, notes.get(row, {})) for row in reused])
         if todo:
             resize_into_cache(partial, todo, params.size, params.resize, workers=workers, on_done=record,
-                              progress=progress)
+                              progress=progress, min_side=params.min_side)
 
     for row, err in sorted(errors.items()):
-        src = data.images[ids[row]]
-        kind = "truncated_image" if "truncated" in err.lower() else (
-            "empty_image" if "empty" in err.lower() else "undecodable_image")
-        problems.append(Problem(kind, str(src), f"cannot be decoded ({err})",
-                                "re-download or replace the file; the row is skipped"))
+        problems.append(_image_problem(str(data.images[ids[row]]), *error_code(err)))
+    for row in sorted(set(notes) - set(errors)):
+        for text in notes[row].get("warnings") or []:
+            problems.append(_warning_problem(str(data.images[ids[row]]), text))
     if strict and problems:
         _fail(out, problems, summary, strict, log)
 
@@ -451,7 +480,9 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, job
         os.replace(tmp, final_cache)
         partial.unlink()
     order = order[good].reset_index(drop=True)
-    row_shas = [shas[row] for row in np.flatnonzero(good)]
+    kept_rows = np.flatnonzero(good)
+    row_shas = [shas[row] for row in kept_rows]
+    integrity = cache_record(final_cache, len(order), params.size)  # what the cache holds, checked on every use
 
     # ---- split tables, folds, digests, figure, report, state, manifest (last)
     meta_cols = rawmod.metadata_columns(order)
@@ -502,10 +533,14 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, job
     for stale in (out / "images").glob("*.jpg"):
         if stale.stem not in keep_ids:
             stale.unlink()
+    def entry(k: int, i: str, h: str) -> dict:
+        info = notes.get(int(kept_rows[k])) or {}
+        extra = {key: info[key] for key in ("wh", "warnings") if info.get(key)}
+        return {"src": rel[i], "fp": fps[i], "sha256": h, "row": k, **extra}
+
     atomic_write_json(out / STATE, {
-        "params_key": params_key,
-        "images": {i: {"src": rel[i], "fp": fps[i], "sha256": h, "row": k}
-                   for k, (i, h) in enumerate(zip(order["image_id"], row_shas))},
+        "params_key": params_key, "decoder": DECODE_VERSION,
+        "images": {i: entry(k, i, h) for k, (i, h) in enumerate(zip(order["image_id"], row_shas))},
     })
     manifest = {
         "format": "derma-prepared", "version": PREP_VERSION, "name": name, "synthetic": synthetic,
@@ -513,7 +548,7 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, job
         "source": {"raw": str(data.root), "metadata": data.metadata_path.name, "metadata_sha256": metadata_sha},
         "dataset": facts, "counts": counts, "folds": folds_info,
         "cache": {"file": CACHE_FILE, "shape": [len(order), params.size, params.size, 3], "dtype": "uint8",
-                  "rows": offsets},
+                  "rows": offsets, "integrity": integrity},
         "problems": {"fatal": 0, "warnings": len(problems)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -528,18 +563,81 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, job
     return manifest
 
 
-def _reuse_previous(out: Path, params_key, ids, rel, fps, partial: Path, shas: dict, errors: dict) -> list[int]:
-    """Copy rows of the previous cache whose source file is unchanged (same path, size, mtime)."""
+def _image_problem(src: str, code: str, message: str) -> Problem:
+    """The prep report's entry for an image that was not used (the row is skipped)."""
+    if code == "image_too_small":
+        return Problem(code, src, message, "replace it with the full-size image (or lower --min-side); the row is "
+                                           "skipped")
+    if code == "image_too_large":
+        return Problem(code, src, f"refused: {message}", "check that it is a real image and shrink it; the row is "
+                                                         "skipped")
+    if code == "unreadable_image":
+        return Problem(code, src, message, "restore the file (or the link's target) or fix its permissions; the row "
+                                           "is skipped")
+    return Problem(code, src, f"cannot be decoded ({message})", "re-download or replace the file; the row is skipped")
+
+
+def _warning_problem(src: str, text: str) -> Problem:
+    """The prep report's entry for a warning the decoder gave about an image it still decoded."""
+    if text.startswith("DecompressionBombWarning"):
+        return Problem("image_very_large", src, f"the decoder warned: {text}",
+                       "the image is used; check that it is a real image (a smaller copy prepares faster)")
+    return Problem("decoder_warning", src, f"the decoder warned: {text}",
+                   "the image is used; check that it looks right (images/ holds the resized copy)")
+
+
+def _check_cache_of(out: Path, manifest: Mapping[str, Any], full: bool = False) -> CacheCheck | None:
+    """:func:`~derma_core.data.resize.check_cache` of a prepared folder's cache against its
+    manifest (None where the manifest records no shape)."""
+    info = manifest.get("cache") or {}
+    shape = info.get("shape")
+    if not shape:
+        return None
+    return check_cache(out / info.get("file", CACHE_FILE), shape, info.get("integrity"), full=full)
+
+
+def _image_wh(path: Path) -> list[int] | None:
+    """An image's width and height from its header (no decoding), or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return list(im.size)
+    except Exception:
+        return None
+
+
+def _reuse_previous(out: Path, params_key, ids, rel, fps, partial: Path, shas: dict, errors: dict, notes: dict,
+                    images: Mapping[str, Path], min_side: int, known: CacheCheck | None = None) -> list[int]:
+    """Copy rows of the previous cache whose source file is unchanged (same path, size, mtime)
+    and whose rows the cache still holds as written (every chunk checked against the manifest's
+    record: damaged, cut-off or, without a record, all-zero rows are resized again). Rows of
+    non-JPEG images decoded by an earlier decoder (:data:`DECODE_VERSION`), and of images under
+    ``min_side``, are resized again too."""
     state_path, old_cache = out / STATE, out / CACHE_FILE
     if not (state_path.exists() and old_cache.exists()):
         return []
+    size = params_key[1]
     try:
         state = json.loads(state_path.read_text())
         if state.get("params_key") != params_key:
             return []
-        old = np.load(old_cache, mmap_mode="r")
-    except (ValueError, OSError):
+        manifest: dict = {}
+        with contextlib.suppress(ValueError, OSError):
+            manifest = json.loads((out / MANIFEST).read_text())
+        info = manifest.get("cache") or {}
+        shape = info.get("shape") or list(read_header(old_cache)[0])
+        if list(shape[1:]) != [size, size, 3]:
+            return []
+        check = known if known is not None and known.full else check_cache(old_cache, shape, info.get("integrity"),
+                                                                           full=True)
+        old = open_rows(check, size)
+    except (ValueError, OSError, EOFError):
         return []
+    if old is None:
+        return []
+    bad = set(check.bad_rows)
+    same_decoder = state.get("decoder") == DECODE_VERSION
     previous = state.get("images", {})
     reused = []
     new = np.load(partial, mmap_mode="r+")
@@ -547,11 +645,23 @@ def _reuse_previous(out: Path, params_key, ids, rel, fps, partial: Path, shas: d
         if row in shas or row in errors:
             continue
         entry = previous.get(i)
-        if (entry and entry.get("src") == rel[i] and entry.get("fp") == fps[i]
-                and 0 <= entry.get("row", -1) < len(old) and (out / "images" / f"{i}.jpg").exists()):
-            new[row] = old[entry["row"]]
-            shas[row] = entry["sha256"]
-            reused.append(row)
+        if not (entry and entry.get("src") == rel[i] and entry.get("fp") == fps[i]
+                and 0 <= entry.get("row", -1) < len(old) and entry["row"] not in bad
+                and (out / "images" / f"{i}.jpg").exists()):
+            continue
+        wh = entry.get("wh")
+        if not same_decoder or not wh:
+            if not same_decoder and Path(rel[i]).suffix.lower() not in (".jpg", ".jpeg"):
+                continue  # decoded differently now (16-bit, alpha, palette): resize it again
+            wh = _image_wh(images[i])
+            if wh is None:
+                continue
+        if min(wh) < min_side:
+            continue  # resized again, and refused with its reason
+        new[row] = old[entry["row"]]
+        shas[row] = entry["sha256"]
+        notes[row] = {"wh": list(wh), **({"warnings": entry["warnings"]} if entry.get("warnings") else {})}
+        reused.append(row)
     new.flush()
     del new, old
     return reused
@@ -590,10 +700,9 @@ def _class_figure(counts: dict, path: Path, name: str, codes: tuple[str, ...]) -
     ax.set_title(f"{name}: images per class and split")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- reading a prepared folder
@@ -621,11 +730,46 @@ def prepared_descriptor(manifest: Mapping[str, Any]) -> "DatasetDescriptor":
         raise ValueError(f"{MANIFEST}: its dataset block is broken ({exc}); re-run `derma prep`") from None
 
 
+class CacheDamagedError(ValueError):
+    """A prepared folder's cache does not hold what ``derma prep`` wrote (one line, with the fix)."""
+
+
+def prep_command(folder: Path, manifest: Mapping[str, Any]) -> str:
+    """The ``derma prep`` command that prepares ``folder`` again with the parameters its
+    manifest records (``--verify`` and the dataset options aside)."""
+    facts = manifest.get("dataset") or {}
+    params = manifest.get("params") or {}
+    name = str(facts.get("name") or "ham10000")
+    from .sources import registered_descriptor
+
+    which = f"--dataset {name}" if registered_descriptor(name) is not None else "--spec SPEC.yaml"
+    raw = (manifest.get("source") or {}).get("raw") or "RAW"
+    parts = [f"derma prep {which} --raw {raw} --out {folder}"]
+    if params.get("size", 224) != 224:
+        parts.append(f"--size {params['size']}")
+    if params.get("resize", "squash") != "squash":
+        parts.append(f"--resize {params['resize']}")
+    if params.get("split"):
+        parts.append(f"--split {params['split']}")
+    if params.get("seed", 42) != 42:
+        parts.append(f"--seed {params['seed']}")
+    ratios = params.get("ratios")
+    if ratios and [float(r) for r in ratios] != [0.7, 0.1, 0.2]:
+        parts.append("--ratios " + ",".join(f"{float(r):g}" for r in ratios))
+    if params.get("folds"):
+        parts.append(f"--folds {params['folds']}")
+    if params.get("min_side"):
+        parts.append(f"--min-side {params['min_side']}")
+    return " ".join(parts)
+
+
 def load_prepared(folder: str | os.PathLike, fold: int | None = None, name: str | None = None):
     """The :class:`~derma_core.interfaces.Dataset` in a folder written by :func:`prepare`, with
     the dataset's facts as it was prepared (:func:`prepared_descriptor`).
 
-    Each split's ``cache`` is a read-only memory map (a slice of ``cache/images.npy``). With
+    Each split's ``cache`` is a read-only memory map (a slice of ``cache/images.npy``), opened
+    after checking the file's size and a sample of its chunks against the manifest's record (a
+    :class:`CacheDamagedError` naming the folder and the fix where they differ). With
     ``fold`` (from ``--folds K``), val is that cross-validation fold of train+val and train the
     rest (their caches are then gathered into memory). A folder of the previous version (split
     tables with ``lesion_id``) loads as HAM10000, its lesions as the groups.
@@ -653,6 +797,11 @@ def load_prepared(folder: str | os.PathLike, fold: int | None = None, name: str 
     cache = None
     cache_file = folder / cache_info.get("file", CACHE_FILE)
     if cache_file.exists():
+        check = _check_cache_of(folder, manifest)  # the size always, the content by a sample of chunks
+        if check is not None and check.damaged:
+            raise CacheDamagedError(
+                f"{folder}: its image cache {cache_info.get('file', CACHE_FILE)} is damaged ({check.reason()}); "
+                f"run `{prep_command(folder, manifest)}` again to repair it (add --verify to check every chunk)")
         cache = np.load(cache_file, mmap_mode="r")
         if list(cache.shape) != list(cache_info.get("shape", cache.shape)):
             raise ValueError(f"{cache_file}: shape {cache.shape} does not match {MANIFEST} "

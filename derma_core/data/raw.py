@@ -9,8 +9,9 @@ dataset's metadata columns, all strings. Readers use the helpers here (:func:`fi
 
 :func:`verify` then checks the rows against the dataset's label set and against each other and
 the image files (unknown labels, blank ids, duplicate rows, a lesion with two labels, missing,
-empty and orphan images), the same way for every dataset. Image decoding problems (empty,
-truncated, undecodable files) are found later, while resizing, and added to the same list.
+empty, unreadable and orphan images), the same way for every dataset. Image decoding problems
+(truncated, undecodable, too small or too large files, and the decoder's warnings) are found
+later, while resizing, and added to the same list.
 """
 
 from __future__ import annotations
@@ -221,7 +222,8 @@ def find_images(root: Path, exclude: Path | None = None) -> tuple[dict[str, Path
             image_id = path.stem
             if image_id in images:
                 first = images[image_id]
-                if first.stat().st_size == path.stat().st_size:
+                size = _file_size(path)
+                if size is not None and size == _file_size(first):
                     identical += 1
                     continue
                 problems.append(Problem("duplicate_image", str(path.relative_to(root)),
@@ -234,6 +236,29 @@ def find_images(root: Path, exclude: Path | None = None) -> tuple[dict[str, Path
                                 f"{identical} images appear in two folders with the same size (e.g. Kaggle's "
                                 "upper- and lower-case copies)", "the first copy of each is used"))
     return images, problems
+
+
+def _file_size(path: Path) -> int | None:
+    """A file's size, or None where it cannot be read (e.g. a symbolic link whose target is gone)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def unreadable_reason(path: Path) -> str | None:
+    """Why an image file cannot be read (a dangling symbolic link, no such file, no permission),
+    or None where it can."""
+    try:
+        path.stat()
+    except OSError as exc:
+        if path.is_symlink():
+            with contextlib.suppress(OSError):
+                return f"a symbolic link to {os.readlink(path)}, which does not exist"
+        return exc.strerror or str(exc)
+    if not os.access(path, os.R_OK):
+        return "no permission to read it"
+    return None
 
 
 # ---------------------------------------------------------------- generic verification
@@ -257,8 +282,9 @@ def verify(raw: RawData, descriptor: "DatasetDescriptor", label_set: LabelSet | 
       the dataset has a grouping);
     * duplicate rows: identical ones are one row (a warning), conflicting ones fatal;
     * a lesion with two labels: fatal (a patient may have lesions of several classes);
-    * a row without an image file, or with an empty one: skipped (a warning); an image without
-      a row: ignored (a warning);
+    * a row without an image file, with an empty one, or with one that cannot be read (a dangling
+      symbolic link, no permission): skipped (a warning); an image without a row: ignored (a
+      warning);
     * with ``official_split``: every row needs a split of train, val or test (fatal otherwise).
     """
     label_set = label_set or descriptor.label_set()
@@ -362,6 +388,11 @@ def verify(raw: RawData, descriptor: "DatasetDescriptor", label_set: LabelSet | 
         if path is None:
             problems.append(Problem("missing_image", where(idx), f"no image file {image_id}.jpg under {root}",
                                     "add the image or remove the row; the row is skipped"))
+            keep[idx] = False
+        elif (why := unreadable_reason(path)) is not None:
+            problems.append(Problem("unreadable_image", str(path), f"cannot be read ({why})",
+                                    "restore the file (or the link's target) or fix its permissions; the row is "
+                                    "skipped"))
             keep[idx] = False
         elif path.stat().st_size == 0:
             problems.append(Problem("empty_image", str(path), "the image file is empty (0 bytes)",

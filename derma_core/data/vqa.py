@@ -24,7 +24,7 @@ import pandas as pd
 from ..answers import question_row, template_id
 from ..labels import LabelSet
 from .datasets.ham10000 import LABEL_SET as HAM10000
-from .prepare import atomic_write_text
+from ..atomic import write_text as atomic_write_text
 from .splits import SPLITS
 
 #: The study's template id, HAM10000's (``template_id(label_set)`` gives any dataset's).

@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from ..labels import LabelSet
+from ..textio import TextEncodingError, encoding_option, open_text
 
 FORMATS = ("derma", "isic", "columns")
 #: The plugin tag of a run made from a prediction file.
@@ -81,14 +82,16 @@ def image_id(value: str) -> str:
 
 # ---------------------------------------------------------------- class order
 
-def class_order(spec: str, label_set: LabelSet) -> list[str]:
+def class_order(spec: str, label_set: LabelSet, encoding: str = "utf-8") -> list[str]:
     """``--class-order``: ``a,b,c`` or a ``diag,label`` CSV file (class name and its index); names
     may be codes, display names or synonyms (:meth:`LabelSet.lookup`). Returns the codes in
-    index order; one-line errors for unknown names, repeats and gaps."""
+    index order; one-line errors for unknown names, repeats and gaps. The file is read in ``encoding``."""
     path = Path(spec)
     if path.is_file():
         try:
-            table = pd.read_csv(path, dtype=str, keep_default_na=False)
+            table = pd.read_csv(open_text(path, encoding), dtype=str, keep_default_na=False)
+        except TextEncodingError as exc:
+            raise ExternalError(f"--class-order {exc}") from None
         except (OSError, ValueError, pd.errors.ParserError) as exc:
             raise ExternalError(f"--class-order {path}: cannot be read as CSV ({exc})") from None
         cols = {c.strip().lower(): c for c in table.columns}
@@ -146,12 +149,14 @@ class PredictionFile:
         return len(self.ids)
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _read_csv(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
     if not path.is_file():
         raise ExternalError(f"{path}: no such file")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+    try:  # decoded by derma_core.textio: a byte ``encoding`` cannot decode is one line with its line and offset
+        frame = pd.read_csv(open_text(path, encoding), dtype=str, keep_default_na=False)
+    except TextEncodingError as exc:
+        raise ExternalError(str(exc)) from None
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ExternalError(f"{path}: cannot be read as a CSV table ({str(exc).splitlines()[0]})") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     if frame.empty:
@@ -232,10 +237,11 @@ def _labels(values: Sequence[str], label_set: LabelSet, order: Sequence[str] | N
 
 
 def read_prediction_file(path: str | os.PathLike, label_set: LabelSet, order: str | None = None,
-                         fmt: str | None = None, ignore: Sequence[str] = ()) -> PredictionFile:
-    """A prediction file in one of :data:`FORMATS` over ``label_set`` (see the module docstring)."""
+                         fmt: str | None = None, ignore: Sequence[str] = (), encoding: str = "utf-8") -> PredictionFile:
+    """A prediction file in one of :data:`FORMATS` over ``label_set`` (see the module docstring),
+    read in ``encoding`` (as a ``--class-order`` file)."""
     path = Path(path)
-    frame = _read_csv(path)
+    frame = _read_csv(path, encoding)
     fmt = fmt or detect_format(frame, path)
     if fmt not in FORMATS:
         raise ExternalError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -288,7 +294,7 @@ def read_prediction_file(path: str | os.PathLike, label_set: LabelSet, order: st
             what = "probability_class_0.." if prob_cols else "true_label/predicted_label"
             raise ExternalError(f"{path} has {what} columns: give their classes with --class-order a,b,c or "
                                 "--class-order FILE (diag,label)")
-        ordered = class_order(order, label_set)
+        ordered = class_order(order, label_set, encoding)
         if prob_cols:
             indices = [k for k, _ in prob_cols]
             if indices != list(range(len(ordered))):
@@ -382,7 +388,8 @@ def prepared_metadata(folder: Path, name: str):
                                         dataset.name)
 
 
-def table_metadata(path: Path, descriptor: Any, label_set: LabelSet, options: Mapping[str, str]) -> Metadata:
+def table_metadata(path: Path, descriptor: Any, label_set: LabelSet, options: Mapping[str, str],
+                   encoding: str = "utf-8") -> Metadata:
     """The dataset's metadata table: read by the dataset's own reader when it reads this file
     (its raw layout: HAM10000_metadata.csv, PAD-UFES-20's metadata.csv, ISIC's ground truth...),
     else as a table with an id column, and a label and/or group column."""
@@ -397,7 +404,7 @@ def table_metadata(path: Path, descriptor: Any, label_set: LabelSet, options: Ma
         except (PrepError, OSError, ValueError, KeyError):
             frame = None
     if frame is None:
-        table = _read_csv(path)
+        table = _read_csv(path, encoding)
         id_col = _column(table, ID_COLUMNS)
         if id_col is None:
             raise ExternalError(f"--metadata {path}: no image id column (one of {', '.join(ID_COLUMNS)})")
@@ -518,8 +525,10 @@ def evaluate_file(path: str | os.PathLike, dataset: str, *, data_dir: str | None
                   ignore: Sequence[str] = (), options: Mapping[str, str] | None = None, split: str = "test",
                   config_file: str | None = None, overrides: Sequence[str] = (), experiment: str | None = None,
                   run_name: str | None = None, model: str | None = None, uri: str | None = None,
-                  log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> ExternalResult:
-    """Evaluate a prediction file on ``dataset`` into a new MLflow run (see the module docstring)."""
+                  log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+                  encoding: str = "utf-8") -> ExternalResult:
+    """Evaluate a prediction file on ``dataset`` into a new MLflow run (see the module docstring);
+    the prediction, ``--val``, ``--class-order`` and ``--metadata`` files are read in ``encoding``."""
     from .. import __version__, tracking
     from ..config import dump_config, resolve_config
     from ..data.descriptor import DatasetDescriptor
@@ -542,15 +551,15 @@ def evaluate_file(path: str | os.PathLike, dataset: str, *, data_dir: str | None
             raise ExternalError(str(exc)) from None
         descriptor = found.with_labels(found.label_set(opts))
         if metadata:
-            meta = table_metadata(Path(metadata).expanduser(), found, descriptor.labels, opts)
+            meta = table_metadata(Path(metadata).expanduser(), found, descriptor.labels, opts, encoding)
     assert isinstance(descriptor, DatasetDescriptor)
     label_set = descriptor.labels
-    pf = read_prediction_file(path, label_set, order, fmt, ignore)  # type: ignore[arg-type]
+    pf = read_prediction_file(path, label_set, order, fmt, ignore, encoding)  # type: ignore[arg-type]
     main = assemble(pf, label_set, meta, split)  # type: ignore[arg-type]
     reference = None
     notes = list(main.notes)
     if val:
-        vf = read_prediction_file(val, label_set, order, fmt, ignore)  # type: ignore[arg-type]
+        vf = read_prediction_file(val, label_set, order, fmt, ignore, encoding)  # type: ignore[arg-type]
         vset = assemble(vf, label_set, meta, "val")  # type: ignore[arg-type]
         overlap = set(vset.split.ids) & set(main.split.ids)
         if overlap:
@@ -651,8 +660,9 @@ def eval_predictions_command_factory():
     @click.option("--run-name", help="MLflow run name.")
     @click.option("--tracking-uri",
                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db).")
+    @encoding_option("FILE, --val, --class-order and --metadata")
     def eval_predictions_command(file, dataset, data_dir, metadata, val_file, order, fmt, ignore, options, split,
-                                 model, config_file, overrides, experiment, run_name, tracking_uri):
+                                 model, config_file, overrides, experiment, run_name, tracking_uri, encoding):
         """Evaluate a per-image prediction file made elsewhere as an MLflow run.
 
         Reads derma's predictions.csv, ISIC challenge submissions and
@@ -667,7 +677,7 @@ def eval_predictions_command_factory():
                                    fmt=fmt, ignore=ignore, options=_option_pairs(options), split=split,
                                    config_file=config_file, overrides=overrides, experiment=experiment,
                                    run_name=run_name, model=model, uri=tracking_uri,
-                                   log=lambda line: click.echo(line, err=True))
+                                   log=lambda line: click.echo(line, err=True), encoding=encoding)
         except (ExternalError, ConfigError, FileNotFoundError, tracking.StoreError) as exc:
             click.echo(f"error: {str(exc).strip()}", err=True)
             sys.exit(1)

@@ -18,8 +18,9 @@ from .space import (PRUNERS, SAMPLERS, TuneError, _check_value, apply_values, lo
                     plugin_schema, validate_space)
 from .study import (ATTR_EXPERIMENT, ATTR_PARENT_RUN, ATTR_RUN_ID, ATTR_SETTINGS, DEFAULT_DIRECTION,
                     DEFAULT_METRIC, TAG_KIND, TAG_STUDY, Objective, StaleTrialHandler,
-                    _differences, best_config_yaml, fail_dead_local_trials, make_pruner, make_sampler,
-                    make_storage, open_study, redact, summarize, wait_for_settings)
+                    _differences, best_config_yaml, fail_dead_local_trials, interrupted_line, make_pruner,
+                    make_sampler, make_storage, open_study, quiet_interrupted_trials, redact, summarize,
+                    wait_for_settings)
 
 
 # -- the command --------------------------------------------------------------------------------
@@ -194,6 +195,10 @@ def tune_command(plugin, space_file, config_file, overrides, n_trials, timeout, 
         except Exception as exc:
             _fail(f"cannot load the dataset (it names the MLflow experiment and the study's classes): "
                   f"{str(exc).splitlines()[0]}", 1)
+        try:  # every trial fits on train and is scored on val: a split it needs without rows stops here
+            runner.check_dataset_splits(dataset, plugins.get_classifier(plugin), "val")
+        except ValueError as exc:
+            _fail(str(exc), 1)
         exp_name = base.get("tracking", {}).get("experiment") or dataset.name
         settings["classes"] = list(dataset.label_set.codes)
         try:
@@ -243,40 +248,67 @@ def tune_command(plugin, space_file, config_file, overrides, n_trials, timeout, 
 
     dead = fail_dead_local_trials(study, handler)
     trials = 20 if n_trials is None and timeout is None else n_trials
-    with parent_ctx as parent:
-        if parent_id is None:
-            study.set_user_attr(ATTR_PARENT_RUN, parent.run_id)
-            parent.log_params({"study_name": study_name, "plugin": settings["plugin"], "metric": settings["metric"],
-                               "direction": settings["direction"], "sampler": sampler_name, "pruner": pruner_name})
-            parent.log_text(yaml.safe_dump(settings["space"], sort_keys=False), "search_space.yaml")
-            from ..config import dump_config
+    # Ctrl-C or SIGTERM (lifetime.Terminated) unwinds as KeyboardInterrupt: the trial's run and the parent run
+    # are ended KILLED on the way out (tracking.start_run), Optuna marks the trial FAIL; derma's console entry
+    # point (cli.main) prints the reason and the account attached here in one line and exits 130 (143)
+    running: Objective | None = None
+    parent_run: str | None = parent_id
+    try:
+        with parent_ctx as parent:
+            parent_run = parent.run_id
+            if parent_id is None:
+                study.set_user_attr(ATTR_PARENT_RUN, parent.run_id)
+                parent.log_params({"study_name": study_name, "plugin": settings["plugin"], "metric": settings["metric"],
+                                   "direction": settings["direction"], "sampler": sampler_name, "pruner": pruner_name})
+                parent.log_text(yaml.safe_dump(settings["space"], sort_keys=False), "search_space.yaml")
+                from ..config import dump_config
 
-            parent.log_text(dump_config(settings["base_config"]), "base_config.yaml")
-        if not quiet:
-            how = "created" if created else "joined"
-            click.echo(f"study {study_name!r} {how} in {redact(store_url)}; parent MLflow run {parent.run_id} "
-                       f"(experiment {exp_name!r}); optimising {settings['metric']} ({settings['direction']})")
-            if dead:
-                click.echo(f"trials {dead} of dead local workers marked FAIL and queued again")
-        objective = Objective(space, settings, schema, parent_run_id=parent.run_id, experiment=exp_name,
-                              tracking_uri=uri, log_models=log_models, quiet=True)
-        callbacks = [] if quiet else [_echo_trial(settings["metric"])]
-        error: BaseException | None = None
-        try:
-            study.optimize(objective, n_trials=trials, timeout=timeout, catch=(runner.RunError,), callbacks=callbacks)
-        except (TuneError, plugins.UnknownComponentError, ConfigError) as exc:
-            error = exc
-        finally:
+                parent.log_text(dump_config(settings["base_config"]), "base_config.yaml")
+            if not quiet:
+                how = "created" if created else "joined"
+                click.echo(f"study {study_name!r} {how} in {redact(store_url)}; parent MLflow run {parent.run_id} "
+                           f"(experiment {exp_name!r}); optimising {settings['metric']} ({settings['direction']})")
+                if dead:
+                    click.echo(f"trials {dead} of dead local workers marked FAIL and queued again")
+            objective = Objective(space, settings, schema, parent_run_id=parent.run_id, experiment=exp_name,
+                                  tracking_uri=uri, log_models=log_models, quiet=True)
+            callbacks = [] if quiet else [_echo_trial(settings["metric"])]
+            running = objective
+            error: BaseException | None = None
             try:
-                summarize(study, parent, settings)
-            except Exception as exc:
-                click.echo(f"warning: could not summarise the study on the parent run: {str(exc).splitlines()[0]}", err=True)
-        if error is not None:
-            parent.set_tags({tracking.TAG_ERROR: str(error)})
+                with quiet_interrupted_trials():  # Ctrl-C: no Optuna traceback for the stopped trial
+                    study.optimize(objective, n_trials=trials, timeout=timeout, catch=(runner.RunError,),
+                                   callbacks=callbacks)
+            except (TuneError, plugins.UnknownComponentError, ConfigError) as exc:
+                error = exc
+            finally:
+                try:
+                    summarize(study, parent, settings)
+                except Exception as exc:
+                    click.echo(f"warning: could not summarise the study on the parent run: {str(exc).splitlines()[0]}", err=True)
+            if error is not None:
+                parent.set_tags({tracking.TAG_ERROR: str(error)})
+    except KeyboardInterrupt as exc:
+        exc.run_id = None  # type: ignore[attr-defined]  # not a `derma run --resume`: the study goes on
+        exc.detail = interrupted_line(study, running.running if running else None, parent_run,  # type: ignore[attr-defined]
+                                      _resume_command(study_name, storage, tracking_uri))
+        raise
     if error is not None:
         _fail(str(error).strip("'\""), 1)
     if not quiet:
         _echo_best(study, settings["metric"])
+
+
+def _resume_command(study_name: str, storage: str | None, tracking_uri: str | None) -> str:
+    """The command that continues an interrupted study (passwords in URLs hidden)."""
+    import shlex
+
+    parts = ["derma", "tune", "--study-name", study_name, "--resume"]
+    if storage:
+        parts += ["--storage", redact(storage)]
+    if tracking_uri:
+        parts += ["--tracking-uri", redact(tracking_uri)]
+    return shlex.join(parts)
 
 
 def _dataset_classes(runner, config: dict) -> list[str]:

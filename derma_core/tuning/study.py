@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import math
 import os
 import random
@@ -16,6 +18,7 @@ from typing import Any
 
 import click
 
+from ..lifetime import pid_alive
 from .space import _MISSING, SAMPLERS, SearchSpace, TuneError, _nest, apply_values
 
 #: Study user attributes.
@@ -157,6 +160,57 @@ def make_pruner(name: str, options: dict[str, Any] | None):
                                        interval_steps=opts.get("interval_steps", 1))
 
 
+# -- Ctrl-C and SIGTERM ---------------------------------------------------------------------------
+class _InterruptedTrialFilter(logging.Filter):
+    """Drops Optuna's two warnings about a trial stopped by Ctrl-C or SIGTERM ("Trial N failed with
+    parameters ... KeyboardInterrupt()" with its traceback, and "Trial N failed with value None"):
+    derma says what happened in one line (:func:`interrupted_line`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trial: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, KeyboardInterrupt):
+            self.trial = record.getMessage().split(" ", 2)[1]
+            return False
+        return not (self.trial is not None and record.getMessage().startswith(f"Trial {self.trial} failed with value"))
+
+
+@contextlib.contextmanager
+def quiet_interrupted_trials():
+    """While a study optimises: no Optuna traceback for a trial stopped by Ctrl-C or SIGTERM."""
+    logger = logging.getLogger("optuna.study._optimize")
+    quiet = _InterruptedTrialFilter()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def interrupted_line(study, stopped: int | None, parent_run_id: str | None, resume: str) -> str:
+    """What an interrupted ``derma tune`` says after the reason (``interrupted (Ctrl-C)``): the
+    study, its trials, the trial it stopped and the parent run, and how to go on."""
+    from optuna.trial import TrialState
+
+    try:
+        trials = study.get_trials(deepcopy=False)
+    except Exception:  # the storage itself went away: say what is known
+        trials = []
+    done = sum(t.state == TrialState.COMPLETE for t in trials)
+    pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    parts = [f"{done} trial{'' if done == 1 else 's'} complete" + (f", {pruned} pruned" if pruned else "")]
+    if stopped is not None:
+        state = next((t.state.name for t in trials if t.number == stopped), "FAIL")
+        run = next((t.user_attrs.get(ATTR_RUN_ID) for t in trials if t.number == stopped), None)
+        parts.append(f"trial {stopped} stopped and marked {state}" + (f" (its MLflow run {run} KILLED)" if run else ""))
+    if parent_run_id:
+        parts.append(f"parent MLflow run {parent_run_id} ended as KILLED")
+    return f": study {study.study_name!r}: {'; '.join(parts)}; continue it with `{resume}`"
+
+
 # -- MLflow bookkeeping --------------------------------------------------------------------------
 def _end_trial_run(run_id: str, uri: str, state: str, error: str | None = None) -> None:
     """Tag a trial's MLflow run with its final Optuna state (and end it when a worker died)."""
@@ -168,7 +222,7 @@ def _end_trial_run(run_id: str, uri: str, state: str, error: str | None = None) 
         if error:
             tags[tracking.TAG_ERROR] = error
         tracker.set_tags(tags)
-        if error and tracker.client.get_run(run_id).info.status == "RUNNING":
+        if error and tracker.status() == "RUNNING":
             tracker.set_terminated("FAILED")
     except Exception as exc:  # the study must go on when the tracking server hiccups
         click.echo(f"warning: could not tag MLflow run {run_id}: {str(exc).splitlines()[0]}", err=True)
@@ -187,6 +241,18 @@ def _figures(study) -> dict[str, Any]:
     plots = {"optuna_history": vis.plot_optimization_history,
              "optuna_param_importances": vis.plot_param_importances,
              "optuna_parallel_coordinate": vis.plot_parallel_coordinate}
+    verbosity = optuna.logging.get_verbosity()
+    # "There are no complete trials." and the like: that figure is skipped, which is all that happens
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        return _plot_all(study, plots, out)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _plot_all(study, plots: dict, out: dict[str, Any]) -> dict[str, Any]:
+    import optuna
+
     for name, plot in plots.items():
         try:
             with warnings.catch_warnings():
@@ -348,8 +414,22 @@ class Objective:
         self.parent_run_id, self.experiment, self.tracking_uri = parent_run_id, experiment, tracking_uri
         self.log_models, self.quiet = log_models, quiet
         self.metric = settings["metric"]
+        #: The number of the trial this process is running (None between trials).
+        self.running: int | None = None
 
     def __call__(self, trial) -> float:
+        self.running = trial.number
+        try:
+            value = self._trial(trial)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: `derma tune` reports this trial as the one stopped
+            raise
+        except BaseException:
+            self.running = None
+            raise
+        self.running = None
+        return value
+
+    def _trial(self, trial) -> float:
         import optuna
 
         from .. import runner, tracking
@@ -421,7 +501,7 @@ def fail_dead_local_trials(study, handler: StaleTrialHandler) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = str(trial.user_attrs.get(ATTR_WORKER, ""))
         whost, _, pid = worker.rpartition(":")
-        if whost != host or not pid.isdigit() or _alive(int(pid)):
+        if whost != host or not pid.isdigit() or pid_alive(int(pid)):
             continue
         try:
             if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
@@ -431,12 +511,3 @@ def fail_dead_local_trials(study, handler: StaleTrialHandler) -> list[int]:
             continue
     return failed
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -198,9 +198,13 @@ def load_spec(path: str | Path) -> FolderSpec:
     """Read and check a YAML spec file."""
     import yaml
 
+    from ...textio import SAVE_AS_UTF8_REMEDY, TextEncodingError, read_text
+
     path = Path(path).expanduser()
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.safe_load(read_text(path, remedy=SAVE_AS_UTF8_REMEDY))
+    except TextEncodingError as exc:
+        raise SpecError(str(exc)) from None
     except OSError as exc:
         raise SpecError(f"{path}: cannot be read ({exc.strerror or exc}); pass the dataset's YAML spec") from None
     except yaml.YAMLError as exc:

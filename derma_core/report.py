@@ -38,9 +38,9 @@ FIGURES = (
     ("confusion_matrix_normalized", "Confusion matrix (row-normalised)"),
     ("per_class", "Per-class recall and F1"),
     ("reliability_diagram", "Reliability diagram (as predicted)"),
-    ("calibrated_reliability_diagram", "Reliability diagram after scaling fitted on val"),
+    ("calibrated_reliability_diagram", "Reliability diagram after scaling fitted on the calibration split"),
     ("risk_coverage", "Risk-coverage curve"),
-    ("subgroups", "Macro-F1 per subgroup"),
+    ("subgroups", "Balanced accuracy (classes present) per subgroup"),
 )
 #: Tables read per run (artifact ``tables/<split>_<name>.csv``).
 TABLES = ("subgroups", "subgroup_gaps", "conformal", "conformal_per_class", "conformal_subgroups")
@@ -74,8 +74,7 @@ def load_run_report(record: RunRecord, uri: str | None, split: str = "test") -> 
     reader = tracking.Tracker(record.run_id, tracking.resolve_tracking_uri(uri))  # reads only
     rep = RunReport(record)
     with tempfile.TemporaryDirectory() as tmp:
-        present = {a.path for folder in (None, "figures", "tables")
-                   for a in reader.client.list_artifacts(record.run_id, folder)}
+        present = set().union(*(reader.artifact_paths(folder) for folder in (None, "figures", "tables")))
 
         def fetch(path: str) -> Path | None:
             if path not in present:
@@ -121,29 +120,81 @@ def _f(value: Any, digits: int = 3) -> str:
         return str(value)
 
 
-def results_table(frame: pd.DataFrame, label_sets: Sequence[LabelSet | None] | None = None) -> pd.DataFrame:
-    """Per run: its dataset and number of classes, accuracy, balanced accuracy, macro-F1 and each
-    grouping's sensitivity / specificity with intervals, the focus class's and groupings'
-    sensitivity at fixed specificity, and the invalid rate. (Per-class results are in
-    :func:`per_class_tables`, one table per label set.)"""
-    out = pd.DataFrame({"run": [_label(r) for _, r in frame.iterrows()], "plugin": frame["plugin"].astype(str)})
-    datasets = [str(v) if isinstance(v, str) and v else "-" for v in frame.get("dataset", [None] * len(frame))]
-    sizes = [str(len(ls)) if ls is not None else "-" for ls in (label_sets or [None] * len(frame))]
-    out["dataset"] = datasets
-    out["classes"] = sizes
-    for p in key_params(frame):
-        out[p] = ["-" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in frame[p]]
+#: The results table's metric columns: (header, metric, with its interval).
+RESULT_METRICS = (("accuracy [CI]", "accuracy", True), ("balanced accuracy [CI]", "balanced_accuracy", True),
+                  ("macro-F1 [CI]", "macro_f1", True), ("AUROC", "macro_auroc", False),
+                  ("invalid rate", "invalid_rate", False))
+
+
+def _count(value: Any) -> str:
+    return f"{int(value):,}" if isinstance(value, (int, float)) and not pd.isna(value) else "-"
+
+
+def evaluated_counts(rep: "RunReport | None", row: pd.Series) -> tuple[Any, Any]:
+    """(images, groups) of the evaluated split: from the run's predictions table (its rows and
+    distinct ``group_id``), else images as the sum of the logged per-class supports."""
+    preds = rep.predictions if rep is not None else None
+    if preds is not None and len(preds):
+        column = next((c for c in ("group_id", "lesion_id") if c in preds.columns), None)
+        return len(preds), (preds[column].astype(str).nunique() if column else None)
+    supports = [v for k, v in row.items() if isinstance(k, str) and k.startswith("support_") and not pd.isna(v)]
+    return (sum(supports) if supports else None), None
+
+
+def results_table(frame: pd.DataFrame, runs: Sequence["RunReport | None"] | None = None,
+                  split: str = "test") -> pd.DataFrame:
+    """The headline table, one row per run: run, backend, model, dataset (and its number of
+    classes), the evaluated images and groups (lesions / patients), accuracy, balanced accuracy
+    and macro-F1 with their intervals, AUROC (macro one-vs-rest) and the invalid rate ("-" for a
+    closed-set backend, which cannot give an invalid answer). Grouped metrics are in
+    :func:`grouped_table`, configuration differences in :func:`config_diff_table`, per-class
+    results in :func:`per_class_tables`."""
+    runs = list(runs) if runs is not None else [None] * len(frame)
+    rows = []
+    for (_, r), rep in zip(frame.iterrows(), runs):
+        dataset = r.get("dataset") if isinstance(r.get("dataset"), str) and r.get("dataset") else "-"
+        if rep is not None and rep.label_set is not None:
+            dataset = f"{dataset} ({len(rep.label_set)} classes)"
+        images, groups = evaluated_counts(rep, r)
+        unit = rep.unit if rep is not None else "groups"
+        model = r.get("model")
+        row = {"run": _label(r), "backend": str(r.get("plugin") or "-"),
+               "model": "-" if model is None or (isinstance(model, float) and math.isnan(model)) else str(model),
+               "dataset": dataset, f"{split} images": _count(images),
+               f"{split} groups": f"{_count(groups)} {unit}" if groups is not None else "-"}
+        for header, metric, ci in RESULT_METRICS:
+            row[header] = (metric_cell(r, metric) if metric in frame.columns else "-") if ci else _f(r.get(metric))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def grouped_table(frame: pd.DataFrame) -> pd.DataFrame | None:
+    """Each grouping's sensitivity and specificity with intervals and AUROC (e.g. malignant vs
+    benign), and the focus class's sensitivity at fixed specificity; None when no run has any."""
     summary = summary_metrics(frame.columns)
-    with_ci = ["accuracy", "balanced_accuracy", "macro_f1"] + [m for m in summary if m.endswith(("_sensitivity",
-                                                                                                  "_specificity"))]
-    for m in with_ci:
-        if m in frame.columns:
-            out[m] = [metric_cell(r, m) for _, r in frame.iterrows()]
-    for m in summary:
-        if "_sensitivity_at_spec" in m:
-            out[m] = [_f(r.get(m)) for _, r in frame.iterrows()]
-    # "-" for a closed-set backend: it cannot give an invalid answer and logs no invalid_rate
-    out["invalid_rate"] = [_f(r.get("invalid_rate")) for _, r in frame.iterrows()]
+    names = [m for m in summary if m.endswith(("_sensitivity", "_specificity", "_auroc")) and m != "macro_auroc"
+             or "_sensitivity_at_spec" in m]
+    if not names:
+        return None
+    out = pd.DataFrame({"run": [_label(r) for _, r in frame.iterrows()]})
+    for m in names:
+        with_ci = m.endswith(("_sensitivity", "_specificity"))
+        out[m + (" [CI]" if with_ci else "")] = [metric_cell(r, m) if with_ci else _f(r.get(m))
+                                                 for _, r in frame.iterrows()]
+    return out
+
+
+def config_diff_table(frame: pd.DataFrame) -> pd.DataFrame | None:
+    """The curated params whose values differ between the runs (one column per such key); None
+    for a single run or when every run has the same configuration."""
+    if len(frame) < 2:
+        return None
+    keys = key_params(frame)
+    if not keys:
+        return None
+    out = pd.DataFrame({"run": [_label(r) for _, r in frame.iterrows()]})
+    for p in keys:
+        out[p] = ["-" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in frame[p]]
     return out
 
 
@@ -188,15 +239,34 @@ def _label(row: pd.Series) -> str:
 
 
 def subgroup_display(table: pd.DataFrame, unit: str = "groups") -> pd.DataFrame:
-    """A run's subgroup table for display; ``unit`` names its resampled groups (lesions, patients)."""
+    """A run's subgroup table for display; ``unit`` names its resampled groups (lesions, patients).
+
+    ``flag`` says when a group's numbers need care: ``small (< N images)`` (left out of the
+    worst group and gap) and ``one class: read accuracy`` (macro-F1 means nothing there and is
+    not given). Balanced accuracy is over the classes present in the group; ``recall of present
+    classes`` lists them (runs logged before it show ``-``)."""
     names = [c for c in table.columns if f"{c}_ci_low" in table.columns] or ["accuracy", "balanced_accuracy",
                                                                              "macro_f1"]
     rows = []
     for r in table.to_dict("records"):
-        rows.append({"column": r["column"], "group": r["group"], "images": r["images"],
-                     unit: r.get("units", r.get("lesions", "-")),
-                     "small": "yes" if str(r["small"]).lower() in ("true", "1") else "",
-                     **{m: _cell(r, m) for m in names}})
+        single = _yes(r.get("single_class"))
+        flags = []
+        if _yes(r.get("small")):
+            limit = r.get("min_count")
+            flags.append(f"small (< {_f(limit, 0)} images)" if _f(limit, 0) != "-" else "small")
+        if single:
+            flags.append("one class: read accuracy")
+        row = {"column": r["column"], "group": r["group"], "images": r["images"],
+               unit: r.get("units", r.get("lesions", "-")), "flag": "; ".join(flags)}
+        if "classes_present" in r:
+            row["classes present"] = _f(r["classes_present"], 0)
+        for m in names:
+            header = {"balanced_accuracy": "balanced accuracy (present classes)"}.get(m, m)
+            row[header] = "- (one class)" if single and m == "macro_f1" else _cell(r, m)
+        if "present_recall" in r:
+            text = r["present_recall"]
+            row["recall of present classes"] = text if isinstance(text, str) and text else "-"
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -272,22 +342,46 @@ def conformal_per_class_display(per_class: pd.DataFrame, summary: pd.DataFrame |
 
 # -- rendering ------------------------------------------------------------------------------------
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1320px;
 color:#222;line-height:1.4;padding:0 1em}
 h1{font-size:1.6em}h2{font-size:1.3em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-h3{font-size:1.1em}table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.85em}
+h3{font-size:1.1em;overflow-wrap:anywhere}p{overflow-wrap:anywhere}
+.scroll{overflow-x:auto;max-width:100%;margin:.6em 0 1.2em}
+table{border-collapse:collapse;font-size:.85em}
 th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}th{background:#f3f3f3}
-figure{display:inline-block;margin:.5em 1em .5em 0;vertical-align:top}figcaption{font-size:.85em;color:#555}
-img{max-width:560px;height:auto;border:1px solid #ddd}pre{background:#f7f7f7;padding:.6em;overflow:auto;
+table.results td,table.grouped td,table.config-diff td{white-space:nowrap}
+table.results td:first-child,table.grouped td:first-child,table.config-diff td:first-child{white-space:normal;
+min-width:10em}
+figure{display:inline-block;margin:.5em 1em .5em 0;vertical-align:top;max-width:100%}
+figcaption{font-size:.85em;color:#555}
+img{max-width:min(560px,100%);height:auto;border:1px solid #ddd}pre{background:#f7f7f7;padding:.6em;overflow:auto;
 font-size:.8em}.note{color:#555;font-size:.9em}
+@media print{
+@page{margin:12mm}
+body{max-width:none;margin:0;padding:0;font-size:9pt}
+h2{margin-top:1.2em}h2,h3{break-after:avoid;page-break-after:avoid}
+.scroll{overflow:visible}
+table{font-size:7.5pt;width:100%}
+table.results td,table.grouped td,table.config-diff td{white-space:normal}
+thead{display:table-header-group}
+tr,figure,img,pre{break-inside:avoid;page-break-inside:avoid}
+figure{max-width:48%}img{max-width:100%}
+pre{white-space:pre-wrap;overflow:visible}
+}
 """
+
+#: The run param ``calibration_source`` in words (see :mod:`derma_core.data.calibration_split`).
+CALIBRATION_SOURCES = {"carved": "calibration split (carved from val)",
+                       "val_unselected": "all of val (nothing selected on it)",
+                       "val_reused": "all of val, reused after selection (weaker)"}
 
 
 def _html_table(frame: pd.DataFrame, cls: str) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
                    for row in frame.itertuples(index=False))
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    # a wide table scrolls in its own box instead of widening the page
+    return f'<div class="scroll"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 @dataclass
@@ -303,12 +397,25 @@ class Report:
         """(heading, [(kind, payload)]) with kinds text / table:<class> / figure / pre / h3."""
         out: list[tuple[str, list[tuple[str, Any]]]] = []
         n = len(self.runs)
-        intro = (f"{n} run{'s' if n != 1 else ''}, evaluated on the {self.split} split. Intervals are group-level "
-                 "(lesion or patient, as each dataset groups its images) bootstrap percentile intervals as each run "
-                 "logged them. Grouped metrics (e.g. malignancy_sensitivity) take the positive group of a grouping of "
-                 "the classes against the rest.")
-        out.append(("Results", [("text", intro),
-                                ("table:results", results_table(self.frame, [r.label_set for r in self.runs]))]))
+        intro = (f"{n} run{'s' if n != 1 else ''}, evaluated on the {self.split} split, as each run logged them. "
+                 "[CI]: the group-level (lesion or patient, as each dataset groups its images) bootstrap percentile "
+                 "interval (95% unless the run set evaluation.confidence). AUROC: macro one-vs-rest, for runs with "
+                 "class probabilities. Invalid rate: the share of free-text answers that name no single class "
+                 "(\"-\" for a backend that cannot give one).")
+        items: list[tuple[str, Any]] = [("text", intro),
+                                         ("table:results", results_table(self.frame, self.runs, self.split))]
+        grouped = grouped_table(self.frame)
+        if grouped is not None:
+            items += [("text", "Grouped metrics take the positive group of a grouping of the classes (e.g. malignant) "
+                               "against the rest; sensitivity at a fixed specificity is the focus class's."),
+                      ("table:grouped", grouped)]
+        out.append(("Results", items))
+        diff = config_diff_table(self.frame)
+        if diff is not None:
+            out.append(("Configuration differences", [("text", "The curated params whose values differ between the "
+                                                               "runs (\"-\": not set for that backend); each run's "
+                                                               "full config.yaml is at the end."),
+                                                      ("table:config-diff", diff)]))
         from .evaluation.crossdataset import cross_dataset_sections  # runs evaluated on other datasets too
 
         out += cross_dataset_sections([r.record for r in self.runs], self.split)
@@ -333,11 +440,19 @@ class Report:
                                       f"McNemar: A right & B wrong {mc.a_only}, A wrong & B right {mc.b_only}, "
                                       f"exact p = {mc.p_value:.3g}."))
             out.append(("Paired tests against the baseline", items))
-        temps = [r.record.params.get("calibration_temperature", "-") for r in self.runs]
-        cal = metrics_table(self.frame, CALIBRATION_METRICS, {"temperature (fitted on val)": temps})
-        if cal.shape[1] > 2:
+        extra = {"temperature": [r.record.params.get("calibration_temperature", "-") for r in self.runs],
+                 "fitted on": [CALIBRATION_SOURCES.get(str(r.record.params.get("calibration_source")), "-")
+                               for r in self.runs],
+                 "calibration images": [str(r.record.params.get("calibration_images", "-")) for r in self.runs]}
+        cal = metrics_table(self.frame, CALIBRATION_METRICS, extra)
+        if cal.shape[1] > 4:
             out.append(("Calibration", [("text", "ECE, classwise ECE, Brier and NLL as predicted and after temperature "
-                                                 "(or vector) scaling fitted on the val split only."),
+                                                 "(or vector) scaling fitted on the calibration split: images of val "
+                                                 "that neither training nor model selection saw, carved from val by "
+                                                 "lesion or patient and class before fitting (all of val for a "
+                                                 "backend that selects nothing on val, e.g. zero-shot). Never fitted "
+                                                 "on the evaluated split. \"fitted on\" says which images each run "
+                                                 "used."),
                                         ("table:calibration", cal)]))
         refer = [c for c in self.frame.columns if c.startswith("selective_accuracy_refer")]
         sel = metrics_table(self.frame, list(SELECTIVE_METRICS) + refer
@@ -378,8 +493,13 @@ class Report:
                 if "subgroup_gaps" in rep.tables:
                     sub_items.append(("table:gaps", gaps_display(rep.tables["subgroup_gaps"])))
         if sub_items:
-            out.append(("Subgroups", [("text", "Metrics per metadata group with group-level intervals; small groups "
-                                               "are shown and flagged, and left out of the worst group and gap.")]
+            out.append(("Subgroups", [("text", "Metrics per metadata group with group-level intervals. Balanced "
+                                               "accuracy is the mean recall over the classes present in the group, "
+                                               "and each present class's recall is listed. flag: small groups "
+                                               "(fewer images than evaluation.subgroups.min_count) are shown but "
+                                               "left out of the worst group and gap; in a group with one true class "
+                                               "macro-F1 means nothing (each wrong answer adds a class with F1 0) "
+                                               "and is not given: read accuracy, that class's recall.")]
                         + sub_items))
         fig_items: list[tuple[str, Any]] = []
         for rep in self.runs:
@@ -489,7 +609,7 @@ def build_report(run_ids: Sequence[str] = (), experiment: str | None = None, uri
 
 def write_report(report: Report, out: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``out`` (HTML) and its Markdown twin ``out`` with ``.md`` (figures in ``<stem>_files/``)."""
-    from .data.prepare import atomic_write_bytes, atomic_write_text
+    from .atomic import write_bytes as atomic_write_bytes, write_text as atomic_write_text
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -78,3 +78,42 @@ def fit_predict(classifier, dataset: Dataset, split: str = "test", ctx: RunConte
     ctx = ctx or make_context(dataset=dataset)
     classifier.fit(dataset["train"], dataset["val"], ctx)
     return classifier.predict(dataset[split], ctx)
+
+
+# -- headless Chromium (the report and `derma ui` tests) ---------------------------------------------
+def chromium_path() -> str | None:
+    """The Chromium executable (``chromium`` / ``chromium-browser`` on PATH, or Debian's
+    ``/usr/bin/chromium``), or None: tests that need it skip with a reason."""
+    import shutil
+
+    for name in ("chromium", "chromium-browser"):
+        if found := shutil.which(name):
+            return found
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+
+
+def chromium(url: str, *, window: tuple[int, int] = (1400, 900), screenshot: str | Path | None = None,
+             virtual_time_budget_ms: int | None = None, timeout: float = 180) -> str:
+    """Load ``url`` in headless Chromium with a ``window`` (width, height) viewport and return
+    the DOM after its scripts ran (``--dump-dom``), or write a ``screenshot`` PNG of it (then ""
+    is returned). A throwaway profile, no network services; raises AssertionError with
+    Chromium's stderr when it fails, FileNotFoundError when it is not installed."""
+    import shutil
+    import subprocess
+
+    exe = chromium_path()
+    if exe is None:
+        raise FileNotFoundError("chromium not installed")
+    profile = tempfile.mkdtemp(prefix="derma-chromium-")
+    what = [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
+    budget = [f"--virtual-time-budget={int(virtual_time_budget_ms)}"] if virtual_time_budget_ms else []
+    try:
+        proc = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                               "--disable-component-update", "--disable-sync", "--no-first-run",
+                               f"--user-data-dir={profile}",
+                               f"--window-size={int(window[0])},{int(window[1])}", *budget, *what, url],
+                              capture_output=True, text=True, timeout=timeout)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from html import unescape
@@ -21,8 +20,9 @@ from click.testing import CliRunner
 
 from derma_core import tracking
 from derma_core.cli import cli
+from derma_core.testing import chromium, chromium_path
 
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+CHROMIUM = chromium_path()
 
 
 def _free_port() -> int:
@@ -33,17 +33,7 @@ def _free_port() -> int:
 
 def _chromium(url: str, *, screenshot: Path | None = None) -> str:
     """The page's DOM after its scripts ran (or a screenshot of it, 1400 x 900)."""
-    profile = tempfile.mkdtemp(prefix="derma-chromium-")
-    what = [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
-    try:
-        proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                               "--no-first-run", f"--user-data-dir={profile}", "--window-size=1400,900",
-                               "--virtual-time-budget=30000", *what, url], capture_output=True, text=True, timeout=180)
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
+    return chromium(url, screenshot=screenshot, virtual_time_budget_ms=30000)
 
 
 def _text(dom: str) -> str:

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ..atomic import atomic_open
+
 USER_AGENT = "derma-downloader/1 (+https://github.com/; research use)"
 
 Log = Callable[[str], None]
@@ -195,11 +197,8 @@ def safe_extract(archive: Path, target: Path) -> int:
         base = target / archive.stem if flat else target
         for m in members:
             dest = resolve_inside(base, m.filename)  # raises on ../ or absolute names (zip slip)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.tmp")
-            with zf.open(m) as src, open(tmp, "wb") as out:
+            with zf.open(m) as src, atomic_open(dest, "wb") as out:
                 shutil.copyfileobj(src, out)
-            os.replace(tmp, dest)
             count += 1
     return count
 
@@ -656,12 +655,10 @@ def download_fitzpatrick17k(out: str | os.PathLike, options: Mapping[str, str] |
     have = len(wanted) - len(failed)
     log(f"Fitzpatrick17k: {have} of {len(wanted)} images in {folder} ({fetched} fetched now)")
     if failed:
-        tmp = report.with_name(report.name + ".part")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with atomic_open(report, "w", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(("md5hash", "url", "reason"))
             writer.writerows(sorted(failed))
-        os.replace(tmp, report)
         raise DownloadError(f"{len(failed)} of {len(wanted)} Fitzpatrick17k images could not be fetched (each with "
                             f"its reason in {report}); run the command again to retry them (the {have} there are "
                             f"kept) or {FITZPATRICK17K_HINT}")

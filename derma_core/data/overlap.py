@@ -132,7 +132,7 @@ def prepared_phashes(folder: Path, cache: np.ndarray, digest: str, progress: boo
     """The pHash of every row of a prepared folder's ``cache/images.npy``, from
     :data:`PHASH_FILE` when it was computed for this digest and shape, else computed and
     written there (atomically; a read-only folder just recomputes next time)."""
-    from .prepare import atomic_write_bytes, atomic_write_json
+    from ..atomic import write_bytes as atomic_write_bytes, write_json as atomic_write_json
 
     folder = Path(folder)
     key = {"digest": digest, "rows": int(len(cache)), "hash_size": PHASH_SIZE, "algorithm": "imagehash.phash"}

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
+from ..atomic import atomic_path
 from ..labels import LabelSet
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -428,12 +429,11 @@ _Job = tuple[str, dict, int, int, str, "int | None"]
 def _draw_and_save(jobs: list[_Job]) -> None:
     for path, style, lesion_seed, image_seed, modality, skin_type in jobs:
         img = draw_lesion(style, lesion_seed, image_seed, modality, skin_type)
-        tmp = f"{path}.tmp"
-        if path.lower().endswith(".png"):
-            img.save(tmp, format="PNG", compress_level=1)
-        else:
-            img.save(tmp, format="JPEG", quality=90)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            if path.lower().endswith(".png"):
+                img.save(tmp, format="PNG", compress_level=1)
+            else:
+                img.save(tmp, format="JPEG", quality=90)
 
 
 def _render(jobs: list[_Job], workers: int | None, progress: bool) -> None:

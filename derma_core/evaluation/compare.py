@@ -12,9 +12,7 @@ import math
 import os
 import re
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import click
@@ -437,17 +435,11 @@ def predictions_artifact(split: str) -> str:
 
 
 def save_figure_atomic(fig: Any, path: str | os.PathLike) -> None:
-    """Save a matplotlib figure as PNG via a temp file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    """Save a matplotlib figure as PNG, atomically (:func:`derma_core.atomic.atomic_path`)."""
+    from ..atomic import atomic_path
+
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _jsonable(value: Any) -> Any:

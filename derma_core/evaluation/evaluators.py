@@ -100,7 +100,8 @@ def classification_evaluator(inputs: EvalInput) -> EvalResult:
     cm = metrics.valid_confusion_matrix(y_true, y_pred, k)
     for name, normalize in (("confusion_matrix", False), ("confusion_matrix_normalized", True)):
         result.figures[name] = figures.confusion_matrix_figure(cm, label_set.codes, normalize=normalize,
-                                                               n_total=len(y_true))
+                                                               n_total=len(y_true),
+                                                               free_text=can_be_invalid(inputs.predictions))
     result.figures["per_class"] = figures.per_class_figure(report)
     return result
 
@@ -143,7 +144,7 @@ def subgroup_evaluator(inputs: EvalInput) -> EvalResult:
     _, min_count = subgroups.subgroup_settings(inputs.config, inputs.dataset)
     table, gaps = subgroups.subgroup_analysis(inputs.y_true, inputs.y_pred, inputs.groups, groups,
                                               len(inputs.label_set), n_boot, confidence, seed, min_count,
-                                              metrics.group_targets(inputs.label_set))
+                                              metrics.group_targets(inputs.label_set), inputs.label_set.codes)
     result = EvalResult(metrics=subgroups.subgroup_metrics(table, gaps))
     result.tables["subgroups"] = table
     result.tables["subgroup_gaps"] = gaps

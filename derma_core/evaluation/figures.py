@@ -32,9 +32,13 @@ def class_axis_layout(n_classes: int) -> tuple[float, float]:
 
 
 def confusion_matrix_figure(cm: np.ndarray, codes: Sequence[str], normalize: bool,
-                            n_total: int | None = None) -> Figure:
+                            n_total: int | None = None, free_text: bool | None = None) -> Figure:
     """Counts (or row-normalised rates) of a K x K confusion matrix of valid answers, ticks
-    labelled with the class codes; cell values written only up to :data:`ANNOTATE_MAX` classes."""
+    labelled with the class codes; cell values written only up to :data:`ANNOTATE_MAX` classes.
+
+    ``free_text``: the backend can give an invalid answer (a free-text VLM); only then does the
+    title say the matrix holds the valid answers only (and how many invalid ones it leaves out).
+    None: inferred from ``n_total`` (some answers are missing from ``cm``)."""
     cm = np.asarray(cm, dtype=np.float64)
     k = len(codes)
     if cm.shape != (k, k):
@@ -60,11 +64,17 @@ def confusion_matrix_figure(cm: np.ndarray, codes: Sequence[str], normalize: boo
             text.set_fontsize(max(5.0, font - 1))
     if normalize:
         ax.images[0].set_clim(0, 1)
-    scope = "valid answers only"
-    if n_total is not None and n_total != n_valid:
-        scope += f": {n_valid} of {n_total}; {n_total - n_valid} invalid not shown"
+    missing = n_total is not None and n_total != n_valid
     kind = "row-normalised (recall on the diagonal)" if normalize else "counts"
-    ax.set_title(f"Confusion matrix, {kind}, {k} classes\n({scope})", fontsize=float(np.clip(side * 0.6, 10, 16)))
+    title = f"Confusion matrix, {kind}, {k} classes"
+    if free_text or (free_text is None and missing):
+        scope = "valid answers only"
+        if missing:
+            scope += f": {n_valid} of {n_total}; {n_total - n_valid} invalid not shown"
+        title += f"\n({scope})"
+    else:
+        title += f"\n({n_valid} images)"
+    ax.set_title(title, fontsize=float(np.clip(side * 0.6, 10, 16)))
     return fig
 
 
@@ -176,7 +186,8 @@ def compare_figure(names: Sequence[str], values: Sequence[float], lows: Sequence
     lows = np.asarray(lows, dtype=np.float64)
     highs = np.asarray(highs, dtype=np.float64)
     has_ci = np.isfinite(lows) & np.isfinite(highs)
-    err = np.vstack([np.where(has_ci, values - lows, 0), np.where(has_ci, highs - values, 0)])
+    # a percentile interval need not contain the point estimate (a small group's resamples): never a negative bar
+    err = np.clip(np.vstack([np.where(has_ci, values - lows, 0), np.where(has_ci, highs - values, 0)]), 0, None)
     ax.errorbar(values, y, xerr=err, fmt="o", color="C0", ecolor="C0", capsize=4)
     ax.set_yticks(y, list(names))
     ax.set_xlabel(metric + (" with its bootstrap interval" if has_ci.any() else ""))
@@ -186,8 +197,10 @@ def compare_figure(names: Sequence[str], values: Sequence[float], lows: Sequence
 
 
 
-def subgroup_figure(table: pd.DataFrame, metric: str = "macro_f1") -> Figure:
-    """Forest plot per metadata column: each group's metric with its interval; small groups hollow."""
+def subgroup_figure(table: pd.DataFrame, metric: str = "balanced_accuracy") -> Figure:
+    """Forest plot per metadata column: each group's metric with its interval (default balanced
+    accuracy over the classes present in the group, defined in every group); small groups
+    hollow, single-class groups labelled ``one class``."""
     columns = list(dict.fromkeys(table["column"]))
     heights = [max(1, int((table["column"] == c).sum())) for c in columns]
     fig = Figure(figsize=(7, 1.0 + 0.32 * sum(heights) + 0.5 * len(columns)), layout="constrained")
@@ -199,16 +212,20 @@ def subgroup_figure(table: pd.DataFrame, metric: str = "macro_f1") -> Figure:
         lows = part[f"{metric}_ci_low"].to_numpy(dtype=np.float64)
         highs = part[f"{metric}_ci_high"].to_numpy(dtype=np.float64)
         ok = np.isfinite(lows) & np.isfinite(highs) & np.isfinite(values)
-        err = np.vstack([np.where(ok, values - lows, 0), np.where(ok, highs - values, 0)])
+        # a percentile interval need not contain the point estimate (a small group's resamples): never a negative bar
+        err = np.clip(np.vstack([np.where(ok, values - lows, 0), np.where(ok, highs - values, 0)]), 0, None)
         small = part["small"].to_numpy(dtype=bool)
+        single = (part["single_class"].to_numpy(dtype=bool) if "single_class" in part
+                  else np.zeros(len(part), dtype=bool))
         for mask, style in ((~small, {"fmt": "o", "color": "C0"}), (small, {"fmt": "o", "color": "grey", "mfc": "white"})):
             if mask.any():
                 ax.errorbar(values[mask], y[mask], xerr=err[:, mask], capsize=3, **style)
-        ax.set_yticks(y, [f"{g} (n={n}{', small' if s else ''})" for g, n, s in
-                          zip(part["group"], part["images"], small)], fontsize=8)
+        ax.set_yticks(y, [f"{g} (n={n}{', small' if s else ''}{', one class' if o else ''})" for g, n, s, o in
+                          zip(part["group"], part["images"], small, single)], fontsize=8)
         ax.set_title(column, fontsize=9, loc="left")
         ax.grid(axis="x", alpha=0.3)
-    axes[-1].set_xlabel(f"{metric} with its group-level bootstrap interval (hollow: small group)")
+    what = "balanced accuracy over the classes present" if metric == "balanced_accuracy" else metric
+    axes[-1].set_xlabel(f"{what}, with its group-level bootstrap interval (hollow: small group)")
     return fig
 
 

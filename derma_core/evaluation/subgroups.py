@@ -20,6 +20,16 @@ the worst group and the largest gap (best minus worst group) with its interval. 
 ``evaluation.subgroups.min_count`` images are reported (and flagged ``small``) but do not take
 part in the worst group and the gap; neither does ``missing``.
 
+Metrics that cannot mislead in a group that holds only some classes: balanced accuracy is the
+mean recall over the classes **present** in the group (those with a true image there), and the
+table gives each present class's recall (``present_recall``: ``nv 0.860 (86/100); mel ...``),
+how many classes are present (``classes_present``) and flags a group with a single true class
+(``single_class``). Macro-F1 averages F1 over every class that is true *or predicted* in the
+group, so in a single-class group each wrong answer adds a class with F1 0: a model right on
+86% of a group of nevi gets ~0.13, and one that calls everything a nevus 1.0. It is therefore
+left empty (NaN: not logged, not in the worst group or gap) for single-class groups; read
+accuracy (= that class's recall) there.
+
 Speed: one set of resamples serves every group of every column: the per-image counts the
 metrics are read off (:func:`~.bootstrap.image_stats`) of all groups sit side by side in one
 sparse (units, groups x width) matrix, and one matrix product per block of resamples yields
@@ -186,13 +196,18 @@ def _values(column: str, groups: SubgroupValues | np.ndarray) -> SubgroupValues:
 def subgroup_analysis(y_true: np.ndarray, y_pred: np.ndarray, group_ids: np.ndarray,
                       groups: Mapping[str, SubgroupValues | np.ndarray], n_classes: int, n_resamples: int = 1000,
                       confidence: float = 0.95, seed: int = 42, min_count: int = DEFAULT_MIN_COUNT,
-                      targets: Sequence[GroupTarget] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+                      targets: Sequence[GroupTarget] = (),
+                      codes: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-group metrics with intervals, and per column the worst group and the largest gap.
 
     ``groups`` maps a column to its :class:`SubgroupValues` (or to plain per-row values,
     categorical). Returns ``(groups_table, gaps_table)``. ``groups_table`` has one row per
     (column, group): images, units (distinct lesions / patients, what the bootstrap resamples),
-    ``small``, and each metric of :func:`~.bootstrap.metric_names` with ``_ci_low`` / ``_ci_high``.
+    ``small`` (fewer than ``min_count`` images) and ``min_count``, ``classes_present`` (classes
+    with a true image in the group), ``single_class``, ``present_recall`` (each present class's
+    recall with its counts, class names from ``codes``, else class indices), and each metric of
+    :func:`~.bootstrap.metric_names` with ``_ci_low`` / ``_ci_high`` (macro-F1 NaN in a
+    single-class group: see the module docstring).
     ``gaps_table`` has one row per (column, metric): the worst and best group among the groups
     that are neither small nor missing, the gap best - worst and its interval (the same two
     groups compared on every resample).
@@ -225,12 +240,23 @@ def subgroup_analysis(y_true: np.ndarray, y_pred: np.ndarray, group_ids: np.ndar
     for j, (column, value) in enumerate(keys):
         m = values[column].labels == value
         n = int(m.sum())
+        support = np.bincount(y_true[m], minlength=n_classes)
+        hits = np.bincount(y_true[m][y_pred[m] == y_true[m]], minlength=n_classes)
+        present = np.flatnonzero(support)
+        single = len(present) == 1
         row: dict[str, Any] = {"column": column, "group": value, "images": n,
-                               "units": int(len(np.unique(unit[m]))), "small": bool(n < min_count)}
+                               "units": int(len(np.unique(unit[m]))), "small": bool(n < min_count),
+                               "min_count": int(min_count), "classes_present": int(len(present)),
+                               "single_class": bool(single),
+                               "present_recall": "; ".join(f"{_code(codes, c)} {hits[c] / support[c]:.3f} "
+                                                           f"({hits[c]}/{support[c]})" for c in present)}
         for name in names:
             row[name] = float(point[name][j])
             low, high = percentile_interval(samples[name][:, j], confidence) if n_resamples > 0 else (np.nan, np.nan)
             row[f"{name}_ci_low"], row[f"{name}_ci_high"] = low, high
+        if single:  # macro-F1 over the wrongly predicted classes (F1 0 each) says nothing here
+            row["macro_f1"] = row["macro_f1_ci_low"] = row["macro_f1_ci_high"] = np.nan
+            point["macro_f1"][j] = np.nan
         table_rows.append(row)
     table = pd.DataFrame(table_rows)
     gap_metrics = GAP_METRICS + tuple(t.name("sensitivity") for t in targets)
@@ -244,9 +270,10 @@ def subgroup_analysis(y_true: np.ndarray, y_pred: np.ndarray, group_ids: np.ndar
             if len(usable) >= 1:
                 worst = min(usable, key=lambda j: point[name][j])
                 best = max(usable, key=lambda j: point[name][j])
-                row.update({"worst_group": keys[worst][1], "worst": float(point[name][worst]),
-                            "best_group": keys[best][1], "best": float(point[name][best]),
-                            "gap": float(point[name][best] - point[name][worst])})
+                row.update({"worst_group": keys[worst][1], "worst": float(point[name][worst])})
+                if len(usable) >= 2:  # a gap needs two groups (one group against itself is no gap)
+                    row.update({"best_group": keys[best][1], "best": float(point[name][best]),
+                                "gap": float(point[name][best] - point[name][worst])})
                 if len(usable) >= 2 and n_resamples > 0:
                     diff = samples[name][:, best] - samples[name][:, worst]
                     row["gap_ci_low"], row["gap_ci_high"] = percentile_interval(diff, confidence)
@@ -256,6 +283,10 @@ def subgroup_analysis(y_true: np.ndarray, y_pred: np.ndarray, group_ids: np.ndar
         if col not in gaps:
             gaps[col] = np.nan
     return table, gaps
+
+
+def _code(codes: Sequence[str] | None, c: int) -> str:
+    return str(codes[c]) if codes is not None and 0 <= c < len(codes) else str(c)
 
 
 def table_metric_names(table: pd.DataFrame) -> list[str]:

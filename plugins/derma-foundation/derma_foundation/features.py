@@ -16,13 +16,13 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from derma_core.atomic import atomic_open
 from derma_core.config import get_dotted
 from derma_core.data.cache import check_cache, image_side, iter_image_batches
 from derma_core.interfaces import Split
@@ -87,17 +87,8 @@ def cache_file(encoder: ImageEncoder, split: Split, config: dict, precision: str
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        np.save(f, array)
 
 
 def _autocast(device: torch.device, precision: str):

@@ -24,8 +24,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from derma_core.atomic import atomic_dir
+
 from .prompting import CHAT_TEMPLATE, IMAGE_TOKEN
-from .tiny import _atomic_dir, default_cache_dir, make_processor, mistral_tokenizer_file
+from .tiny import default_cache_dir, make_processor, mistral_tokenizer_file
 
 CONVERTER_VERSION = "1"
 #: The config of openai/clip-vit-large-patch14-336 (LLaVA-Med v1.5's tower), for converting a
@@ -266,30 +268,28 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, vision_to
         if tuple(value.shape) != tuple(expected[key].shape):
             raise ConversionError(f"{src}: {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}")
 
-    tmp, commit = _atomic_dir(dst)
-    split = split_torch_state_dict_into_shards(state, max_shard_size="5GB")
-    for filename, keys in split.filename_to_tensors.items():
-        save_file({k: state[k].contiguous() for k in keys}, str(tmp / filename), metadata={"format": "pt"})
-    if split.is_sharded:
-        (tmp / "model.safetensors.index.json").write_text(json.dumps(
-            {"metadata": {}, "weight_map": split.tensor_to_filename}, indent=2))
-    config.save_pretrained(tmp)
-    from transformers import GenerationConfig
+    with atomic_dir(dst, keep_existing=False) as tmp:
+        split = split_torch_state_dict_into_shards(state, max_shard_size="5GB")
+        for filename, keys in split.filename_to_tensors.items():
+            save_file({k: state[k].contiguous() for k in keys}, str(tmp / filename), metadata={"format": "pt"})
+        if split.is_sharded:
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(
+                {"metadata": {}, "weight_map": split.tensor_to_filename}, indent=2))
+        config.save_pretrained(tmp)
+        from transformers import GenerationConfig
 
-    GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                     pad_token_id=tokenizer.eos_token_id, do_sample=False).save_pretrained(tmp)
-    processor = make_processor(tokenizer, crop, vision_config.patch_size, pre.get("image_mean"), pre.get("image_std"))
-    processor.chat_template = CHAT_TEMPLATE
-    processor.tokenizer.chat_template = CHAT_TEMPLATE
-    if not cfg.get("image_aspect_ratio", "pad") == "pad":
-        processor.image_processor.do_pad = False
-    processor.save_pretrained(tmp)
-    (tmp / "derma_convert.json").write_text(json.dumps({
-        "source": str(src.resolve()), "converter_version": CONVERTER_VERSION, "vision_weights": used,
-        "vision_tower": tower_name, "image_token_id": image_token_id, "original_vocab_size": vocab}, indent=2))
-    if dst.exists():  # empty, or --force: replaced only now that the new folder is complete
-        shutil.rmtree(dst)
-    return commit()
+        GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.eos_token_id, do_sample=False).save_pretrained(tmp)
+        processor = make_processor(tokenizer, crop, vision_config.patch_size, pre.get("image_mean"), pre.get("image_std"))
+        processor.chat_template = CHAT_TEMPLATE
+        processor.tokenizer.chat_template = CHAT_TEMPLATE
+        if not cfg.get("image_aspect_ratio", "pad") == "pad":
+            processor.image_processor.do_pad = False
+        processor.save_pretrained(tmp)
+        (tmp / "derma_convert.json").write_text(json.dumps({
+            "source": str(src.resolve()), "converter_version": CONVERTER_VERSION, "vision_weights": used,
+            "vision_tower": tower_name, "image_token_id": image_token_id, "original_vocab_size": vocab}, indent=2))
+    return dst
 
 
 def _source_key(src: Path, vision_tower: str | None) -> str:

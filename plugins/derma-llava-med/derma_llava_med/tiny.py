@@ -16,8 +16,9 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from derma_core.atomic import atomic_dir
 
 from .prompting import CHAT_TEMPLATE, IMAGE_TOKEN
 
@@ -55,21 +56,6 @@ def mistral_tokenizer_file() -> Path:
     return path
 
 
-def _atomic_dir(dst: Path):
-    """A temp folder next to ``dst``; call the returned ``commit()`` to move it into place."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-
-    def commit() -> Path:
-        try:
-            os.replace(tmp, dst)
-        except OSError:  # another process finished first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-        return dst
-
-    return tmp, commit
-
-
 def mistral_tokenizer_dir(dst: str | os.PathLike | None = None) -> Path:
     """A transformers tokenizer folder for the Mistral v0.1 tokenizer with ``<image>`` added (id 32000).
 
@@ -81,27 +67,27 @@ def mistral_tokenizer_dir(dst: str | os.PathLike | None = None) -> Path:
         return dst
     from transformers import AutoTokenizer
 
-    tmp, commit = _atomic_dir(dst)
-    src = tmp / "sp"
-    src.mkdir()
-    shutil.copy(mistral_tokenizer_file(), src / "tokenizer.model")
-    # The tokenizer_config SEED_FACTS documents; LlamaTokenizer(vocab_file=...) directly would
-    # silently give a 3-token vocabulary in transformers 5.
-    (src / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "legacy": False,
-        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "model_max_length": 32768,
-    }))
-    tok = AutoTokenizer.from_pretrained(src)
-    if len(tok) != 32000:
-        raise RuntimeError(f"the Mistral tokenizer loaded with {len(tok)} pieces, expected 32000")
-    tok.add_tokens([IMAGE_TOKEN], special_tokens=True)
-    tok.padding_side = "left"
-    tok.chat_template = CHAT_TEMPLATE
-    tok.save_pretrained(tmp)
-    shutil.rmtree(src)
-    (tmp / "derma_tokenizer.json").write_text(json.dumps({"source": "mistral_common/data/tokenizer.model.v1",
-                                                          "image_token": IMAGE_TOKEN}))
-    return commit()
+    with atomic_dir(dst, keep_existing=True) as tmp:
+        src = tmp / "sp"
+        src.mkdir()
+        shutil.copy(mistral_tokenizer_file(), src / "tokenizer.model")
+        # The tokenizer_config SEED_FACTS documents; LlamaTokenizer(vocab_file=...) directly would
+        # silently give a 3-token vocabulary in transformers 5.
+        (src / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "legacy": False,
+            "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "model_max_length": 32768,
+        }))
+        tok = AutoTokenizer.from_pretrained(src)
+        if len(tok) != 32000:
+            raise RuntimeError(f"the Mistral tokenizer loaded with {len(tok)} pieces, expected 32000")
+        tok.add_tokens([IMAGE_TOKEN], special_tokens=True)
+        tok.padding_side = "left"
+        tok.chat_template = CHAT_TEMPLATE
+        tok.save_pretrained(tmp)
+        shutil.rmtree(src)
+        (tmp / "derma_tokenizer.json").write_text(json.dumps({"source": "mistral_common/data/tokenizer.model.v1",
+                                                              "image_token": IMAGE_TOKEN}))
+    return dst
 
 
 def make_processor(tokenizer, image_size: int, patch_size: int, image_mean=None, image_std=None):
@@ -158,10 +144,10 @@ def build_tiny_random(dst: str | os.PathLike | None = None, seed: int = 0) -> Pa
                     p.normal_(0.0, 0.2)
     model.eval()
     model.generation_config.pad_token_id = tokenizer.eos_token_id
-    tmp, commit = _atomic_dir(dst)
-    model.save_pretrained(tmp)
-    processor = make_processor(tokenizer, TINY_VISION["image_size"], TINY_VISION["patch_size"])
-    processor.save_pretrained(tmp)
-    (tmp / "derma_tiny.json").write_text(json.dumps({
-        "key": key, "seed": seed, "what": "tiny random LLaVA for smoke tests; its predictions are meaningless"}))
-    return commit()
+    with atomic_dir(dst, keep_existing=True) as tmp:
+        model.save_pretrained(tmp)
+        processor = make_processor(tokenizer, TINY_VISION["image_size"], TINY_VISION["patch_size"])
+        processor.save_pretrained(tmp)
+        (tmp / "derma_tiny.json").write_text(json.dumps({
+            "key": key, "seed": seed, "what": "tiny random LLaVA for smoke tests; its predictions are meaningless"}))
+    return dst

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from derma_core.atomic import atomic_open
 from derma_core.labels import LabelSet
 
 FORMAT = "derma-resnet18-checkpoint/2"
@@ -72,17 +73,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (plus the format tag) atomically to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save({"format": FORMAT, **payload}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_open(path, "wb") as fh:
+        torch.save({"format": FORMAT, **payload}, fh)
     return path
 
 

@@ -29,18 +29,18 @@ import gc
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from derma_core.atomic import atomic_dir
 from derma_core.config import get_dotted as _get
 from derma_core.interfaces import RunContext, Split
 from derma_core.labels import LabelSet
+from derma_core.weighting import class_weights
 
 from .classifier import VlmClassifier
 from .training import LM_LAYERS, PROJECTOR
@@ -81,6 +81,16 @@ def adapter_label_set(info: dict, folder: Path) -> LabelSet | None:
 
         return LABEL_SET
     return None
+
+
+def _stderr_is_terminal() -> bool:
+    """Whether stderr (where tqdm draws) is a terminal; False when redirected to a file or pipe."""
+    import sys
+
+    try:
+        return bool(sys.stderr is not None and sys.stderr.isatty())
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
 
 
 def _unwrap_peft(model):
@@ -168,7 +178,7 @@ class VlmLoraClassifier(VlmClassifier):
         from transformers import EarlyStoppingCallback
         from transformers.trainer_utils import get_last_checkpoint
 
-        from .training import (AnswerOnlyCollator, AnswerOnlyDataset, build_lora_model, class_weights,
+        from .training import (AnswerOnlyCollator, AnswerOnlyDataset, build_lora_model,
                                make_run_context_callback, make_trainer_class, trainable_summary)
 
         started = time.perf_counter()
@@ -196,8 +206,12 @@ class VlmLoraClassifier(VlmClassifier):
         max_length = self._c("train.max_length")
         train_ds = AnswerOnlyDataset(train, loaded.codec, question, max_length)
         val_ds = AnswerOnlyDataset(val, loaded.codec, question, max_length)
-        weights = class_weights(train.y, self._c("class_weighting.mode", "none"), self._c("class_weighting.cap"),
-                                num_classes=len(label_set))
+        # the core's class weights (one formula for every trained backend): `balanced` is N / (K * count_c),
+        # capped when class_weighting.cap is set
+        mode, cap = self._c("class_weighting.mode", "none"), self._c("class_weighting.cap")
+        if mode == "balanced" and cap is not None:
+            mode = "capped"
+        weights = class_weights(train.y, mode or "none", 3.0 if cap is None else float(cap), num_classes=len(label_set))
         if weights is not None and ctx.is_main_process:
             ctx.tracker.log_params({f"class_weight_{label}": round(float(w), 4)
                                     for label, w in zip(label_set.codes, weights)})
@@ -299,7 +313,8 @@ class VlmLoraClassifier(VlmClassifier):
             label_names=["labels"],
             dataloader_num_workers=int(self._c("train.num_workers", 0)),
             report_to="none",  # metrics go to the core's MLflow run through ctx, not a second run
-            disable_tqdm=bool(ctx.quiet or not ctx.is_main_process),
+            # no bar redraws in a log: without a terminal the Trainer prints a line per logging step instead
+            disable_tqdm=bool(ctx.quiet or not ctx.is_main_process or not _stderr_is_terminal()),
             seed=int(ctx.seed),
             use_cpu=str(ctx.device) == "cpu",
             ddp_find_unused_parameters=False,  # every trainable weight is used on every step
@@ -344,24 +359,20 @@ class VlmLoraClassifier(VlmClassifier):
     def _save_adapter(self, model, out: Path, base_model_id: str, ctx: RunContext, label_set: LabelSet) -> None:
         """Write the (best) adapter atomically as safetensors and log it with the base model's id
         and the label set it was trained on."""
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        model.save_pretrained(tmp, safe_serialization=True)
-        # Record the base model's id (not the local cache folder peft writes) for whoever loads it.
-        cfg_path = tmp / "adapter_config.json"
-        adapter_cfg = json.loads(cfg_path.read_text())
-        adapter_cfg["base_model_name_or_path"] = base_model_id
-        cfg_path.write_text(json.dumps(adapter_cfg, indent=2))
-        info = {"base_model": base_model_id, "prompt": self.config.get("prompt"), "question": self.question(label_set),
-                "label_set": label_set.to_dict(), "template": self.template,
-                "precision": self._c("precision"), "quantization": self._c("quantization"),
-                "lora": self._c("lora"), "train": self._c("train"), "class_weighting": self._c("class_weighting"),
-                "training": {k: v for k, v in self.train_info.items() if k != "eval_history"},
-                "eval_history": self.train_info.get("eval_history")}
-        (tmp / ADAPTER_INFO).write_text(json.dumps(info, indent=2, default=str))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        with atomic_dir(out) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            # Record the base model's id (not the local cache folder peft writes) for whoever loads it.
+            cfg_path = tmp / "adapter_config.json"
+            adapter_cfg = json.loads(cfg_path.read_text())
+            adapter_cfg["base_model_name_or_path"] = base_model_id
+            cfg_path.write_text(json.dumps(adapter_cfg, indent=2))
+            info = {"base_model": base_model_id, "prompt": self.config.get("prompt"),
+                    "question": self.question(label_set), "label_set": label_set.to_dict(), "template": self.template,
+                    "precision": self._c("precision"), "quantization": self._c("quantization"),
+                    "lora": self._c("lora"), "train": self._c("train"), "class_weighting": self._c("class_weighting"),
+                    "training": {k: v for k, v in self.train_info.items() if k != "eval_history"},
+                    "eval_history": self.train_info.get("eval_history")}
+            (tmp / ADAPTER_INFO).write_text(json.dumps(info, indent=2, default=str))
         sha = adapter_checksum(out)
         ctx.tracker.set_tags({TAG_BASE_MODEL: base_model_id, TAG_ADAPTER: sha})
         if _get(self.config, "tracking.log_model", True):
@@ -423,8 +434,11 @@ class VlmLoraClassifier(VlmClassifier):
             self.release_training_model()
             from peft import PeftModel
 
+            from .training import peft_deprecations_filtered
+
             base = self.load_base(self.config, ctx.device)
-            peft_model = PeftModel.from_pretrained(base.model, str(self.adapter_dir), is_trainable=False)
+            with peft_deprecations_filtered():
+                peft_model = PeftModel.from_pretrained(base.model, str(self.adapter_dir), is_trainable=False)
             peft_model.eval()
             self._peft_model = peft_model
             self.loaded = dataclasses.replace(
@@ -438,20 +452,20 @@ class VlmLoraClassifier(VlmClassifier):
         (``<work_dir>/merged``). A quantised base is reloaded unquantised for the merge."""
         from peft import PeftModel
 
+        from .training import peft_deprecations_filtered
+
         config = {**self.config, "quantization": None}
         base = self.load_base(config, "cpu" if self._c("quantization") else ctx.device)
-        merged = PeftModel.from_pretrained(base.model, str(self.adapter_dir)).merge_and_unload()
+        with peft_deprecations_filtered():
+            merged = PeftModel.from_pretrained(base.model, str(self.adapter_dir)).merge_and_unload()
         out = Path(ctx.work_dir) / MERGED_DIR
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        merged.save_pretrained(tmp, safe_serialization=True)
-        base.processor.save_pretrained(tmp)
-        merged_info = {"base_model": base.model_id, "adapter_sha256": self.adapter_sha, "merged": True}
-        if self.adapter_label_set is not None:
-            merged_info["label_set"] = self.adapter_label_set.to_dict()
-        (tmp / ADAPTER_INFO).write_text(json.dumps(merged_info, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        with atomic_dir(out) as tmp:
+            merged.save_pretrained(tmp, safe_serialization=True)
+            base.processor.save_pretrained(tmp)
+            merged_info = {"base_model": base.model_id, "adapter_sha256": self.adapter_sha, "merged": True}
+            if self.adapter_label_set is not None:
+                merged_info["label_set"] = self.adapter_label_set.to_dict()
+            (tmp / ADAPTER_INFO).write_text(json.dumps(merged_info, indent=2))
         ctx.tracker.set_tags({"derma.merged_model": str(out.resolve())})
         del merged, base
         gc.collect()

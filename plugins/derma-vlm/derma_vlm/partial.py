@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from derma_core.atomic import atomic_open
+
 
 def settings_signature(signature: dict) -> str:
     """A short digest of the settings that produce a set of rows."""
@@ -56,13 +58,10 @@ class PartialResults:
 
     def start(self) -> None:
         """Rewrite the file with the header and the rows kept (drops any torn line)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
+        with atomic_open(self.path, "w", encoding="utf-8") as fh:
             fh.write(json.dumps({"signature": self.signature}) + "\n")
             for row in self.rows.values():
                 fh.write(json.dumps(row) + "\n")
-        os.replace(tmp, self.path)
 
     def append(self, rows: list[dict]) -> None:
         with self.path.open("a", encoding="utf-8") as fh:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from derma_core.atomic import atomic_dir
+
 #: Bumped whenever what a tiny folder holds changes (invalidates the cache).
 _TINY_VERSION = "1"
 
@@ -364,9 +366,6 @@ def build_tiny(name: str = DEFAULT_TINY, dst: str | os.PathLike | None = None, s
             known = ", ".join(SHAPES.get(name, {})) or "(none)"
             raise ValueError(f"no shape {shape!r} for {name}; choose one of {known}")
         sizes = SHAPES[name][shape]
-    import shutil
-    import tempfile
-
     import torch
     from transformers import AutoModelForImageTextToText
 
@@ -396,9 +395,9 @@ def build_tiny(name: str = DEFAULT_TINY, dst: str | os.PathLike | None = None, s
     processor = spec.build_processor(tok) if sizes is None else spec.build_processor(tok, sizes)
     extra = {} if sizes is None else {"shape": shape, "label": sizes.get("label", shape), "dtype": dtype,
                                       "params": sum(p.numel() for p in model.parameters())}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
+    # a folder whose marker exists was finished by another process meanwhile: theirs stands; an
+    # incomplete or outdated one is replaced
+    with atomic_dir(dst, keep_existing=lambda folder: (folder / "derma_tiny.json").exists()) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         (tmp / "derma_tiny.json").write_text(json.dumps({
@@ -406,14 +405,4 @@ def build_tiny(name: str = DEFAULT_TINY, dst: str | os.PathLike | None = None, s
             "what": f"tiny random {spec.model_type} for tests and smoke runs; its predictions are meaningless",
             **extra}))
         del model
-        if marker.exists():  # another process finished first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-            return dst
-        if dst.exists():  # an incomplete or outdated folder
-            shutil.rmtree(dst, ignore_errors=True)
-        os.replace(tmp, dst)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not marker.exists():
-            raise
     return dst

@@ -15,9 +15,11 @@ loss, a class-balanced sampler, inputs cast by the model's dtype policy
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from typing import Any, Callable, Sequence
+import warnings
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -58,6 +60,23 @@ def lora_target_regex(names: Sequence[str], lm_layers: str = LM_LAYERS) -> str:
     return rf"(?:.*\.)?{lm_layers}\.\d+\.(?:{'|'.join(parts)})"
 
 
+#: transformers 5 deprecates ``is_gradient_checkpointing`` (a FutureWarning on every read) in favour
+#: of ``is_activation_checkpointing``; peft still reads the old name when it wraps a model
+#: (``get_peft_model``, ``PeftModel.from_pretrained``). derma calls the new API itself; this
+#: filters exactly that notice, only around derma's peft calls (a user cannot act on it).
+PEFT_DEPRECATIONS = (r"`is_gradient_checkpointing` is deprecated", r"`gradient_checkpointing_enable` is deprecated")
+
+
+@contextlib.contextmanager
+def peft_deprecations_filtered() -> Iterator[None]:
+    """Around a peft call: transformers' checkpointing-rename FutureWarnings that peft triggers
+    are not printed (every other warning is)."""
+    with warnings.catch_warnings():
+        for message in PEFT_DEPRECATIONS:
+            warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+        yield
+
+
 def build_lora_model(model, *, r: int, alpha: float, dropout: float, target_modules: Sequence[str],
                      quantized: bool, gradient_checkpointing: bool, lm_layers: str = LM_LAYERS,
                      trainable_modules: Sequence[str] = (PROJECTOR,), policy: DtypePolicy | None = None):
@@ -75,13 +94,14 @@ def build_lora_model(model, *, r: int, alpha: float, dropout: float, target_modu
 
     gc_kwargs = {"use_reentrant": False}
     if quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs=gc_kwargs)
+        # freezes and upcasts; checkpointing below through transformers' current API (peft would call the
+        # deprecated gradient_checkpointing_enable, which with use_reentrant=False is all it adds)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
         for p in model.parameters():
             p.requires_grad_(False)
-        if gradient_checkpointing:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=gc_kwargs)
+    if gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=gc_kwargs)
     if gradient_checkpointing:
         # The frozen embeddings give checkpointed blocks inputs without grad; this keeps the graph.
         model.enable_input_require_grads()
@@ -89,7 +109,8 @@ def build_lora_model(model, *, r: int, alpha: float, dropout: float, target_modu
     lora = LoraConfig(r=int(r), lora_alpha=float(alpha), lora_dropout=float(dropout),
                       target_modules=lora_target_regex(target_modules, lm_layers),
                       modules_to_save=list(trainable_modules) or None, bias="none", task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, lora)
+    with peft_deprecations_filtered():
+        peft_model = get_peft_model(model, lora)
     (policy or DtypePolicy(torch.float32)).prepare_trainable(peft_model)
     return peft_model
 
@@ -108,34 +129,6 @@ def trainable_summary(model, trainable_modules: Sequence[str] = (PROJECTOR,)) ->
         else:
             out["other"] += p.numel()
     return out
-
-
-# -- class imbalance ----------------------------------------------------------------------------
-CLASS_WEIGHTING_MODES = ("none", "balanced")
-
-
-def class_weights(y: np.ndarray, mode: str | None, cap: float | None = None, *,
-                  num_classes: int) -> np.ndarray | None:
-    """Per-class weights (``num_classes`` of them, the label set's K) from train label indices:
-    ``balanced`` is ``N / (K' * count_c)`` over the K' classes present (sklearn's
-    ``compute_class_weight``, the seed CNN's formula), optionally capped at ``cap``; ``none`` ->
-    None. A class absent from train gets weight 0 (it has no examples to weight)."""
-    if mode in (None, "none"):
-        return None
-    if mode != "balanced":
-        raise ValueError(f"class_weighting.mode must be one of {', '.join(CLASS_WEIGHTING_MODES)}, got {mode!r}")
-    from sklearn.utils.class_weight import compute_class_weight
-
-    y = np.asarray(y, dtype=np.int64)
-    if len(y) and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"class weights: label indices must be in 0..{num_classes - 1} (the label set's "
-                         f"{num_classes} classes), got {int(y.min())}..{int(y.max())}")
-    present = np.unique(y)
-    weights = np.zeros(int(num_classes), dtype=np.float64)
-    weights[present] = compute_class_weight("balanced", classes=present, y=y)
-    if cap is not None:
-        weights = np.minimum(weights, float(cap))
-    return weights
 
 
 # -- data ---------------------------------------------------------------------------------------

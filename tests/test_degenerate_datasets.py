@@ -140,6 +140,25 @@ def test_prep_of_just_enough_lesions_succeeds(tmp_path):
     assert all(len(pd.read_csv(out / "splits" / f"{s}.csv")) == 1 for s in ("train", "val", "test"))
 
 
+def test_prep_refuses_when_refused_images_empty_a_split(tmp_path):
+    """The metadata fills every split, but an image below --min-side is dropped after decoding and
+    leaves its split with none: one line naming the split and the remedy, no manifest written."""
+    raw = _raw(tmp_path / "raw", {"nv": 3})
+    first = sorted((raw / "HAM10000_images_part_1").glob("*.jpg"))[0]
+    Image.new("RGB", (4, 4), (120, 80, 60)).save(first)
+    out = tmp_path / "out"
+    code, output = derma("prep", "--raw", raw, "--out", out, "--size", "8", "--workers", "1", "-q")
+    assert code == 1, output
+    line = one_line(output, "error:", "cannot fill the", "after the 1 refused images were dropped",
+                    "--min-side")
+    assert line.startswith("error: ")
+    assert not (out / "manifest.json").exists()
+    # relaxing the minimum makes the same folder prepare, reusing what was resized
+    code, output = derma("prep", "--raw", raw, "--out", out, "--size", "8", "--workers", "1", "-q", "--min-side", "4")
+    assert code == 0, output
+    assert all(len(pd.read_csv(out / "splits" / f"{s}.csv")) == 1 for s in ("train", "val", "test"))
+
+
 # ---------------------------------------------------------------- derma run
 
 class _Degenerate:

@@ -183,6 +183,22 @@ def check_prep_splits(meta: pd.DataFrame, policy: str, ratios: Sequence[float], 
         raise PrepError(f"error: {exc}") from None
 
 
+def check_kept_rows(meta: pd.DataFrame, kept: np.ndarray, descriptor: Any, where: Any) -> None:
+    """``derma prep`` after decoding: refuse (one line) when the images refused (unreadable, too
+    small, too large) leave a split that had rows with none. ``meta`` has ``group_id`` and
+    ``split`` per row, ``kept`` is a boolean mask of the rows whose image was usable."""
+    from .raw import PrepError
+
+    before = [s for s in SPLITS if (meta["split"] == s).any()]
+    grouping = getattr(descriptor, "grouping", None)
+    try:
+        check_splits(meta["group_id"].to_numpy()[kept], meta["split"].to_numpy()[kept], before, where=str(where),
+                     grouping=grouping, how=f"after the {int((~kept).sum())} refused images were dropped, the split",
+                     fix="fix or replace the refused images the warnings above name (or relax --min-side)")
+    except InfeasibleSplitError as exc:
+        raise PrepError(f"error: {exc}") from None
+
+
 def _grouped_fills(meta: pd.DataFrame, ratios: Sequence[float], seed: int) -> bool:
     from .splits import grouped_split
 

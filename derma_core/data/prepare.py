@@ -392,7 +392,9 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, job
     (out / "images").mkdir(parents=True, exist_ok=True)
     shape = (len(order), params.size, params.size, 3)
     params_key = [PREP_VERSION, params.size, params.resize, resampling]
-    plan = hashlib.sha256(json.dumps([params_key, [(i, rel[i], fps[i]) for i in ids]]).encode()).hexdigest()
+    # an interrupted preparation resumes only under everything that decides a row's pixels or its refusal
+    plan = hashlib.sha256(json.dumps([params_key, DECODE_VERSION, params.min_side,
+                                      [(i, rel[i], fps[i]) for i in ids]]).encode()).hexdigest()
     shas: dict[int, str] = {}
     errors: dict[int, str] = {}
     notes: dict[int, dict] = {}  # per row: the image's size and the decoder's warnings
@@ -461,6 +463,10 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, job
 
     # ---- drop failed rows, publish the cache
     good = np.array([row not in errors for row in range(len(ids))], dtype=bool)
+    if not good.all():  # the refused images must not empty a split (the resized rows stay for the rerun)
+        from .feasibility import check_kept_rows
+
+        check_kept_rows(order, good, descriptor, data.metadata_path)
     final_cache = out / CACHE_FILE
     # the old manifest and state describe the old cache: remove them before it is replaced, so
     # a crash from here on leaves a folder that is rebuilt, never one that is misread

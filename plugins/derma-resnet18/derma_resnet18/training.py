@@ -230,7 +230,8 @@ def train(model: nn.Module, train_set: SplitImages, val_set: SplitImages, recipe
             if early and epoch < recipe.epochs:
                 _note(rt, f"early stop after epoch {epoch}: no val macro-F1 gain for {recipe.patience} epochs")
     except KeyboardInterrupt:
-        if rt.rank == 0:
+        # a tuning trial (ctx.reporter set) is resumed through its study, not `derma run --resume`: derma tune says how
+        if rt.rank == 0 and ctx.reporter is None:
             kept = f"the checkpoint of epoch {saved_epoch} is kept at {ckpt_file}" if saved_epoch else \
                 "no epoch finished, so there is no checkpoint"
             run = getattr(ctx.tracker, "run_id", "") or "RUN_ID"

@@ -203,3 +203,29 @@ def test_folder_spec_not_utf8_is_one_line(tmp_path):
     assert code == 1, out
     one_line(out, str(spec), "line 2, byte offset 24", "0xe9", "save the file as UTF-8")
     assert not (tmp_path / "out").exists()
+
+
+def test_prep_metadata_table_in_latin1_is_one_line_and_reads_with_encoding(tmp_path):
+    """A HAM10000 metadata table saved by a tool in latin-1 (a localization 'abdômen'): derma prep
+    names the table, line and byte offset; --encoding latin-1 prepares it, the text decoded right."""
+    from PIL import Image
+
+    raw = tmp_path / "raw"
+    images = raw / "HAM10000_images_part_1"
+    images.mkdir(parents=True)
+    rows = ["lesion_id,image_id,dx,dx_type,age,sex,localization"]
+    rng = np.random.default_rng(0)
+    for i in range(9):  # 3 nevus lesions per split share: every split gets one
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(images / f"ISIC_{i:07d}.jpg")
+        rows.append(f"HAM_{i:07d},ISIC_{i:07d},nv,histo,50,male,{'abdômen' if i == 4 else 'back'}")
+    (raw / "HAM10000_metadata.csv").write_bytes(("\n".join(rows) + "\n").encode("latin-1"))
+    out = tmp_path / "out"
+    code, output = derma("prep", "--raw", raw, "--out", out, "--size", "8", "--workers", "1", "-q")
+    assert code == 1, output
+    line = one_line(output, "HAM10000_metadata.csv", "line 6", "byte offset", "--encoding")
+    assert line.startswith("error: ") and not (out / "manifest.json").exists()
+    code, output = derma("prep", "--raw", raw, "--out", out, "--size", "8", "--workers", "1", "-q",
+                         "--encoding", "latin-1")
+    assert code == 0, output
+    kept = pd.concat(pd.read_csv(out / "splits" / f"{s}.csv", dtype=str) for s in ("train", "val", "test"))
+    assert "abdômen" in set(kept["localization"])

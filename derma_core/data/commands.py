@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from .. import hookimpl
+from ..textio import encoding_option
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -91,19 +92,21 @@ OPTION_HELP = "A dataset option KEY=VALUE (repeatable); `derma datasets` lists e
                    "damaged rows are resized again.")
 @click.option("--name", default=None, help="Name recorded in the manifest (the MLflow experiment); default: the dataset's.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@encoding_option("the metadata table")
 def prep_command(dataset, spec, raw_dir, out_dir, option_pairs, size, split_mode, seed, ratios, folds, workers,
-                 resize_mode, min_side, strict, verify, name, quiet):
+                 resize_mode, min_side, strict, verify, name, quiet, encoding):
     """Verify, split, resize and cache a raw dataset folder for `derma run --data-dir`."""
     from .prepare import PrepParams, prepare
-    from .raw import PrepError
+    from .raw import PrepError, table_encoding
 
     descriptor = _descriptor(dataset, spec, raw_dir)
     params = PrepParams(size=size, split=split_mode, seed=seed, resize=resize_mode, ratios=_ratios(ratios),
                         folds=folds, min_side=min_side)
     try:
-        prepare(raw_dir, out_dir, params, workers=workers, strict=strict, name=name, progress=not quiet,
-                log=lambda m: click.echo(m, err=True), dataset=descriptor, options=_options(option_pairs),
-                verify=verify)
+        with table_encoding(encoding):
+            prepare(raw_dir, out_dir, params, workers=workers, strict=strict, name=name, progress=not quiet,
+                    log=lambda m: click.echo(m, err=True), dataset=descriptor, options=_options(option_pairs),
+                    verify=verify)
     except PrepError as exc:
         _fail(str(exc))
 

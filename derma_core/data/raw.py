@@ -53,6 +53,8 @@ COLUMN_ALIASES = {
 
 #: Folders that image searches skip (the prepared output when ``--out`` lies inside ``--raw``).
 _EXCLUDED: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("derma_raw_excluded", default=())
+#: The encoding metadata tables are read in (``derma prep --encoding``; a byte-order mark is always dropped).
+_TABLE_ENCODING: contextvars.ContextVar[str] = contextvars.ContextVar("derma_table_encoding", default="utf-8")
 
 
 class PrepError(RuntimeError):
@@ -110,6 +112,17 @@ def excluding(*folders: Path) -> Iterator[None]:
         _EXCLUDED.reset(token)
 
 
+@contextlib.contextmanager
+def table_encoding(encoding: str) -> Iterator[None]:
+    """Within the block, :func:`read_table` decodes metadata tables as ``encoding`` (every dataset's
+    reader goes through it, so ``derma prep --encoding`` reaches them all)."""
+    token = _TABLE_ENCODING.set(encoding)
+    try:
+        yield
+    finally:
+        _TABLE_ENCODING.reset(token)
+
+
 def find_table(root: Path, names: Sequence[str] = (), what: str = "metadata table", hint: str = "") -> Path:
     """The metadata table of a raw folder: the first of ``names`` present (case-insensitive),
     else the only ``.csv``/``.tab`` file there; a one-line :class:`PrepError` otherwise."""
@@ -156,11 +169,19 @@ def read_table(path: Path, required: Sequence[str] = (), optional: Sequence[str]
                         "permissions") from None
     if empty:
         raise PrepError(f"error: {path}: the metadata table is empty (0 bytes); {again} or put the real table there")
+    from ..textio import TextEncodingError, open_text
+
     try:
-        # utf-8-sig: a table saved by Excel starts with a byte-order mark that would otherwise
-        # stick to the first column's name ("\ufefflesion_id")
-        frame = pd.read_csv(path, sep=sep, engine="python" if sep is None else "c", dtype=str,
-                            keep_default_na=False, encoding="utf-8-sig")
+        # decoded whole (a byte-order mark, as Excel writes, dropped): a byte that is not in the
+        # encoding is one line naming the line and byte offset, with the --encoding remedy
+        text = open_text(path, _TABLE_ENCODING.get())
+    except TextEncodingError as exc:
+        raise PrepError(f"error: {exc}") from None
+    except OSError as exc:
+        raise PrepError(f"error: {path}: cannot be read ({exc.strerror or exc}); check the path and its "
+                        "permissions") from None
+    try:
+        frame = pd.read_csv(text, sep=sep, engine="python" if sep is None else "c", dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, csv.Error) as exc:
         raise PrepError(f"error: {path}: cannot be read as a CSV table ({str(exc).splitlines()[0]}); "
                         f"{again} or fix the file") from None

@@ -251,16 +251,32 @@ def invalid_rate(y_pred: np.ndarray) -> float:
 
 
 # -- probability-based metrics ---------------------------------------------------------------
+#: How far a probability may lie above 1 (rounding), and a row's sum from 1, before it is refused.
+#: A float64 or float32 softmax is well inside both; a row that is not a distribution (scores, a
+#: bf16 softmax, a missing renormalisation) is not: it is refused, never clipped into [0, 1].
+PROBABILITY_TOLERANCE = 1e-9
+SUM_TOLERANCE = 1e-4
+
+
 def check_probabilities(probabilities: np.ndarray, n: int, n_classes: int) -> np.ndarray:
-    """(n, K) finite probabilities in [0, 1]; a one-line error names the first bad row."""
+    """(n, K) finite probabilities in [0, 1] whose rows sum to 1 (within :data:`SUM_TOLERANCE`);
+    a one-line error names the first bad row. Values within :data:`PROBABILITY_TOLERANCE` above 1
+    (float rounding) come back as 1."""
     p = np.asarray(probabilities, dtype=np.float64)
     if p.shape != (n, n_classes):
         raise ValueError(f"probabilities have shape {p.shape}, expected ({n}, {n_classes})")
-    bad = ~np.isfinite(p).all(axis=1) | (p < 0).any(axis=1) | (p > 1 + 1e-9).any(axis=1)
+    bad = ~np.isfinite(p).all(axis=1) | (p < 0).any(axis=1) | (p > 1 + PROBABILITY_TOLERANCE).any(axis=1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise ValueError(f"probabilities row {row} is not in [0, 1] or not finite: {p[row].tolist()} "
                          f"({int(bad.sum())} bad rows); fix the backend's predict()")
+    sums = p.sum(axis=1)
+    off = np.abs(sums - 1.0) > SUM_TOLERANCE
+    if off.any():
+        row = int(np.flatnonzero(off)[0])
+        raise ValueError(f"probabilities row {row} sums to {sums[row]:.6g}, not 1 ({int(off.sum())} such rows); "
+                         "fix the backend's predict() to return a softmax computed in float32 or float64 "
+                         "(derma_core.evaluation.probabilities.softmax)")
     return np.clip(p, 0.0, 1.0)
 
 

@@ -462,6 +462,11 @@ def _file_digest(*paths: str | os.PathLike) -> str:
 
 # -- commands --------------------------------------------------------------------------------------
 def _register(cli) -> None:
+    _register_eval_answers(cli)
+    _register_sweep_prompts(cli)
+
+
+def _register_eval_answers(cli) -> None:
     import click
 
     @cli.command("eval-answers")
@@ -487,81 +492,113 @@ def _register(cli) -> None:
     def eval_answers_command(questions, answers, parser, experiment, run_name, tracking_uri, overrides, prepared,
                              metadata, encoding):
         """Evaluate an existing model_vqa.py answer file through derma's evaluators; log an MLflow run."""
-        from . import runner, tracking
-        from .config import ConfigError, resolve_config
+        from . import runner
         from .interfaces import Dataset
 
-        try:
-            if prepared and metadata:
-                raise AnswerFileError("--prepared already holds the metadata of its images; drop --metadata")
-            config = resolve_config(None, overrides=overrides)
-            config["parser"] = parser
-            descriptor, prepared_dataset = answers_dataset(prepared)
-            ev = evaluate_answer_files(questions, answers, parser, label_set=descriptor.labels, encoding=encoding)
-            join = None
-            if metadata:
-                ev.split, join = attach_metadata(ev.split, metadata)
-            elif prepared_dataset is not None:
-                ev.split, join = attach_prepared(ev.split, prepared_dataset)
-        except (ConfigError, AnswerFileError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from None
-        source = metadata or prepared
-        if join is not None:
-            click.echo(f"metadata: {join.matched} of {len(ev.split)} images matched in {source} "
-                       f"({ev.split.frame['group_id'].nunique()} groups)", err=True)
-            if join.missing:
-                click.echo(f"warning: {len(join.missing)} image id(s) are not in {source} (kept, each its own "
-                           f"group, subgroup 'missing'): {', '.join(join.missing[:10])}"
-                           f"{' ...' if len(join.missing) > 10 else ''}", err=True)
-            if join.label_mismatch:
-                i, t, d = join.label_mismatch[0]
-                click.echo(f"warning: {len(join.label_mismatch)} image(s) have a different true label in the question "
-                           f"file than in {source}, e.g. {i}: {t} vs {d} (the question file's label is used)",
-                           err=True)
-        for where, items in ev.problems.items():
-            for line, message in items[:20]:
-                place = f"{questions if where == 'questions' else answers}" + (f" line {line}" if line else "")
-                click.echo(f"warning: {place}: {message}", err=True)
-            if len(items) > 20:
-                click.echo(f"warning: ... {len(items) - 20} more problems in the {where} file", err=True)
-        if ev.missing:
-            click.echo(f"warning: {len(ev.missing)} question(s) have no answer (counted invalid): "
-                       f"{', '.join(ev.missing[:10])}{' ...' if len(ev.missing) > 10 else ''}", err=True)
-        if ev.extra:
-            click.echo(f"warning: {len(ev.extra)} answer(s) match no question (ignored): "
-                       f"{', '.join(ev.extra[:10])}{' ...' if len(ev.extra) > 10 else ''}", err=True)
+        config, descriptor, prepared_dataset, ev, join = _read_answers(questions, answers, parser, overrides,
+                                                                       prepared, metadata, encoding)
+        _warn_about_answers(ev, join, metadata or prepared, questions, answers)
         dataset = Dataset(descriptor.name, _file_digest(questions), {ev.split.name: ev.split}, descriptor=descriptor,
                           dir=prepared_dataset.dir if prepared_dataset is not None else None)
         metrics, results = runner.evaluate(ev.split, ev.predictions, config, dataset)
-        label_set = ev.split.label_set
-        tags = {tracking.TAG_KIND: "eval-answers", tracking.TAG_VERSION: None, tracking.TAG_DATASET: descriptor.name,
-                tracking.TAG_LABEL_SET: ",".join(label_set.codes)}
-        with tracking.start_run(experiment, run_name=run_name or Path(answers).name, tags=tags,
-                                uri=tracking_uri) as tracker:
-            tracker.log_params({"parser": parser, "questions": str(Path(questions).resolve()),
-                                "answers": str(Path(answers).resolve())})
-            tracker.log_dict(label_set.to_dict(), runner.LABEL_SET_ARTIFACT)
-            if prepared:
-                tracker.log_params({"prepared": str(Path(prepared).resolve())})
-            if metadata:
-                tracker.log_params({"metadata": str(Path(metadata).resolve())})
-            if join is not None:
-                tracker.log_metrics({"n_metadata_missing": len(join.missing)})
-            tracker.log_dict({**ev.predictions.info, **(join.as_info() if join else {}),
-                              "missing": ev.missing, "extra": ev.extra,
-                              "problems": {k: [list(p) for p in v] for k, v in ev.problems.items()}},
-                             "answers_report.json")
-            tracker.log_metrics({"n_invalid": ev.report.n_invalid, "n_missing": len(ev.missing),
-                                 "n_extra": len(ev.extra),
-                                 **{f"parse_{k}": v for k, v in ev.predictions.info["failures"].items()}})
-            runner.log_evaluation(tracker, ev.split, ev.predictions, metrics, results, "test")
-            run_id = tracker.run_id
+        run_id = _log_answers_run(ev, join, metrics, results, descriptor, questions, answers, parser, experiment,
+                                  run_name, tracking_uri, prepared, metadata)
         click.echo(f"{len(ev.predictions)} questions, {ev.report.n_invalid} invalid answers "
                    f"({parser} parser: {ev.predictions.info['failures']})")
         for key in ("accuracy", "macro_f1", "balanced_accuracy", "invalid_rate"):
             if key in metrics:
                 click.echo(f"  {key:<20} {metrics[key]:.4f}")
         click.echo(f"MLflow run id: {run_id}  (experiment {experiment!r})")
+
+
+def _read_answers(questions, answers, parser, overrides, prepared, metadata, encoding):
+    """eval-answers' inputs: the core config, the dataset's descriptor and prepared folder (or
+    None), the evaluated answer files, and the join of --metadata or --prepared (or None); bad
+    input is one click error line."""
+    import click
+
+    from .config import ConfigError, resolve_config
+
+    try:
+        if prepared and metadata:
+            raise AnswerFileError("--prepared already holds the metadata of its images; drop --metadata")
+        config = resolve_config(None, overrides=overrides)
+        config["parser"] = parser
+        descriptor, prepared_dataset = answers_dataset(prepared)
+        ev = evaluate_answer_files(questions, answers, parser, label_set=descriptor.labels, encoding=encoding)
+        join = None
+        if metadata:
+            ev.split, join = attach_metadata(ev.split, metadata)
+        elif prepared_dataset is not None:
+            ev.split, join = attach_prepared(ev.split, prepared_dataset)
+    except (ConfigError, AnswerFileError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    return config, descriptor, prepared_dataset, ev, join
+
+
+def _warn_about_answers(ev, join, source, questions, answers) -> None:
+    """On stderr: how the metadata joined, the files' problems, unanswered questions and
+    answers to no question."""
+    import click
+
+    if join is not None:
+        click.echo(f"metadata: {join.matched} of {len(ev.split)} images matched in {source} "
+                   f"({ev.split.frame['group_id'].nunique()} groups)", err=True)
+        if join.missing:
+            click.echo(f"warning: {len(join.missing)} image id(s) are not in {source} (kept, each its own "
+                       f"group, subgroup 'missing'): {', '.join(join.missing[:10])}"
+                       f"{' ...' if len(join.missing) > 10 else ''}", err=True)
+        if join.label_mismatch:
+            i, t, d = join.label_mismatch[0]
+            click.echo(f"warning: {len(join.label_mismatch)} image(s) have a different true label in the question "
+                       f"file than in {source}, e.g. {i}: {t} vs {d} (the question file's label is used)",
+                       err=True)
+    for where, items in ev.problems.items():
+        for line, message in items[:20]:
+            place = f"{questions if where == 'questions' else answers}" + (f" line {line}" if line else "")
+            click.echo(f"warning: {place}: {message}", err=True)
+        if len(items) > 20:
+            click.echo(f"warning: ... {len(items) - 20} more problems in the {where} file", err=True)
+    if ev.missing:
+        click.echo(f"warning: {len(ev.missing)} question(s) have no answer (counted invalid): "
+                   f"{', '.join(ev.missing[:10])}{' ...' if len(ev.missing) > 10 else ''}", err=True)
+    if ev.extra:
+        click.echo(f"warning: {len(ev.extra)} answer(s) match no question (ignored): "
+                   f"{', '.join(ev.extra[:10])}{' ...' if len(ev.extra) > 10 else ''}", err=True)
+
+
+def _log_answers_run(ev, join, metrics, results, descriptor, questions, answers, parser, experiment, run_name,
+                     tracking_uri, prepared, metadata) -> str:
+    """The eval-answers MLflow run: the inputs, the parse report and the evaluation; its id."""
+    from . import runner, tracking
+
+    label_set = ev.split.label_set
+    tags = {tracking.TAG_KIND: "eval-answers", tracking.TAG_VERSION: None, tracking.TAG_DATASET: descriptor.name,
+            tracking.TAG_LABEL_SET: ",".join(label_set.codes)}
+    with tracking.start_run(experiment, run_name=run_name or Path(answers).name, tags=tags,
+                            uri=tracking_uri) as tracker:
+        tracker.log_params({"parser": parser, "questions": str(Path(questions).resolve()),
+                            "answers": str(Path(answers).resolve())})
+        tracker.log_dict(label_set.to_dict(), runner.LABEL_SET_ARTIFACT)
+        if prepared:
+            tracker.log_params({"prepared": str(Path(prepared).resolve())})
+        if metadata:
+            tracker.log_params({"metadata": str(Path(metadata).resolve())})
+        if join is not None:
+            tracker.log_metrics({"n_metadata_missing": len(join.missing)})
+        tracker.log_dict({**ev.predictions.info, **(join.as_info() if join else {}),
+                          "missing": ev.missing, "extra": ev.extra,
+                          "problems": {k: [list(p) for p in v] for k, v in ev.problems.items()}},
+                         "answers_report.json")
+        tracker.log_metrics({"n_invalid": ev.report.n_invalid, "n_missing": len(ev.missing),
+                             "n_extra": len(ev.extra),
+                             **{f"parse_{k}": v for k, v in ev.predictions.info["failures"].items()}})
+        runner.log_evaluation(tracker, ev.split, ev.predictions, metrics, results, "test")
+        return tracker.run_id
+
+
+def _register_sweep_prompts(cli) -> None:
+    import click
 
     @cli.command("sweep-prompts")
     @click.option("--plugin", "-p", "plugin", default="llava_zeroshot", show_default=True)

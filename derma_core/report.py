@@ -395,7 +395,19 @@ class Report:
 
     def sections(self) -> list[tuple[str, list[tuple[str, Any]]]]:
         """(heading, [(kind, payload)]) with kinds text / table:<class> / figure / pre / h3."""
-        out: list[tuple[str, list[tuple[str, Any]]]] = []
+        from .evaluation.crossdataset import cross_dataset_sections  # runs evaluated on other datasets too
+
+        out = self._results_section() + self._config_diff_section()
+        out += cross_dataset_sections([r.record for r in self.runs], self.split)
+        for part in (self._per_class_section, self._paired_section, self._calibration_section,
+                     self._selective_section, self._conformal_section, self._subgroups_section,
+                     self._figures_section, self._runs_section):
+            out += part()
+        return out
+
+    # each of these is a list of zero or one (heading, [(kind, payload)]) sections
+
+    def _results_section(self) -> list[tuple[str, list[tuple[str, Any]]]]:
         n = len(self.runs)
         intro = (f"{n} run{'s' if n != 1 else ''}, evaluated on the {self.split} split, as each run logged them. "
                  "[CI]: the group-level (lesion or patient, as each dataset groups its images) bootstrap percentile "
@@ -409,58 +421,72 @@ class Report:
             items += [("text", "Grouped metrics take the positive group of a grouping of the classes (e.g. malignant) "
                                "against the rest; sensitivity at a fixed specificity is the focus class's."),
                       ("table:grouped", grouped)]
-        out.append(("Results", items))
-        diff = config_diff_table(self.frame)
-        if diff is not None:
-            out.append(("Configuration differences", [("text", "The curated params whose values differ between the "
-                                                               "runs (\"-\": not set for that backend); each run's "
-                                                               "full config.yaml is at the end."),
-                                                      ("table:config-diff", diff)]))
-        from .evaluation.crossdataset import cross_dataset_sections  # runs evaluated on other datasets too
+        return [("Results", items)]
 
-        out += cross_dataset_sections([r.record for r in self.runs], self.split)
+    def _config_diff_section(self) -> list[tuple[str, list[tuple[str, Any]]]]:
+        diff = config_diff_table(self.frame)
+        if diff is None:
+            return []
+        return [("Configuration differences", [("text", "The curated params whose values differ between the "
+                                                        "runs (\"-\": not set for that backend); each run's "
+                                                        "full config.yaml is at the end."),
+                                               ("table:config-diff", diff)])]
+
+    def _per_class_section(self) -> list[tuple[str, list[tuple[str, Any]]]]:
         class_items: list[tuple[str, Any]] = []
         for heading, table in per_class_tables(self.runs, self.frame):
             class_items += [("h3", heading), ("table:per-class", table)]
-        if class_items:
-            out.append(("Per-class results", [("text", "Recall and F1 per class as each run logged them, one table "
-                                                       "per set of classes.")] + class_items))
-        if self.baseline is not None and self.paired:
-            items: list[tuple[str, Any]] = [("text", f"Each run (A) against the baseline {self.baseline.record.label} (B), "
-                                                    "on the same images and classes: paired group-level bootstrap of "
-                                                    "A - B, and McNemar's exact test on per-image correctness.")]
-            for rep, pair, why in self.paired:
-                items.append(("h3", f"{rep.record.label} vs {self.baseline.record.label}"))
-                if pair is None:
-                    items.append(("text", f"no paired test: {why}"))
-                    continue
-                items.append(("table:paired", paired_table(pair)))
-                mc = pair.mcnemar
-                items.append(("text", f"{pair.n_images} images, {pair.n_groups} {pair.unit}, {pair.n_resamples} resamples. "
-                                      f"McNemar: A right & B wrong {mc.a_only}, A wrong & B right {mc.b_only}, "
-                                      f"exact p = {mc.p_value:.3g}."))
-            out.append(("Paired tests against the baseline", items))
+        if not class_items:
+            return []
+        return [("Per-class results", [("text", "Recall and F1 per class as each run logged them, one table "
+                                                "per set of classes.")] + class_items)]
+
+    def _paired_section(self) -> list[tuple[str, list[tuple[str, Any]]]]:
+        if self.baseline is None or not self.paired:
+            return []
+        items: list[tuple[str, Any]] = [("text", f"Each run (A) against the baseline {self.baseline.record.label} (B), "
+                                                "on the same images and classes: paired group-level bootstrap of "
+                                                "A - B, and McNemar's exact test on per-image correctness.")]
+        for rep, pair, why in self.paired:
+            items.append(("h3", f"{rep.record.label} vs {self.baseline.record.label}"))
+            if pair is None:
+                items.append(("text", f"no paired test: {why}"))
+                continue
+            items.append(("table:paired", paired_table(pair)))
+            mc = pair.mcnemar
+            items.append(("text", f"{pair.n_images} images, {pair.n_groups} {pair.unit}, {pair.n_resamples} resamples. "
+                                  f"McNemar: A right & B wrong {mc.a_only}, A wrong & B right {mc.b_only}, "
+                                  f"exact p = {mc.p_value:.3g}."))
+        return [("Paired tests against the baseline", items)]
+
+    def _calibration_section(self) -> list[tuple[str, list[tuple[str, Any]]]]:
         extra = {"temperature": [r.record.params.get("calibration_temperature", "-") for r in self.runs],
                  "fitted on": [CALIBRATION_SOURCES.get(str(r.record.params.get("calibration_source")), "-")
                                for r in self.runs],
                  "calibration images": [str(r.record.params.get("calibration_images", "-")) for r in self.runs]}
         cal = metrics_table(self.frame, CALIBRATION_METRICS, extra)
-        if cal.shape[1] > 4:
-            out.append(("Calibration", [("text", "ECE, classwise ECE, Brier and NLL as predicted and after temperature "
-                                                 "(or vector) scaling fitted on the calibration split: images of val "
-                                                 "that neither training nor model selection saw, carved from val by "
-                                                 "lesion or patient and class before fitting (all of val for a "
-                                                 "backend that selects nothing on val, e.g. zero-shot). Never fitted "
-                                                 "on the evaluated split. \"fitted on\" says which images each run "
-                                                 "used."),
-                                        ("table:calibration", cal)]))
+        if cal.shape[1] <= 4:
+            return []
+        return [("Calibration", [("text", "ECE, classwise ECE, Brier and NLL as predicted and after temperature "
+                                          "(or vector) scaling fitted on the calibration split: images of val "
+                                          "that neither training nor model selection saw, carved from val by "
+                                          "lesion or patient and class before fitting (all of val for a "
+                                          "backend that selects nothing on val, e.g. zero-shot). Never fitted "
+                                          "on the evaluated split. \"fitted on\" says which images each run "
+                                          "used."),
+                                 ("table:calibration", cal)])]
+
+    def _selective_section(self) -> list[tuple[str, list[tuple[str, Any]]]]:
         refer = [c for c in self.frame.columns if c.startswith("selective_accuracy_refer")]
         sel = metrics_table(self.frame, list(SELECTIVE_METRICS) + refer
                             + [c.replace("accuracy", "coverage") for c in refer])
-        if sel.shape[1] > 1:
-            out.append(("Selective prediction", [("text", "Area under the risk-coverage curve (lower is better) and "
-                                                          "the accuracy on the cases kept when the least confident "
-                                                          "share is referred."), ("table:selective", sel)]))
+        if sel.shape[1] <= 1:
+            return []
+        return [("Selective prediction", [("text", "Area under the risk-coverage curve (lower is better) and "
+                                                   "the accuracy on the cases kept when the least confident "
+                                                   "share is referred."), ("table:selective", sel)])]
+
+    def _conformal_section(self) -> list[tuple[str, list[tuple[str, Any]]]]:
         conf_items: list[tuple[str, Any]] = []
         for rep in self.runs:
             if "conformal" in rep.tables:
@@ -475,16 +501,19 @@ class Report:
                         sub[c] = [_f(v) for v in sub[c]]
                     sub["small"] = ["yes" if str(v).lower() in ("true", "1") else "" for v in sub["small"]]
                     conf_items.append(("table:conformal-subgroups", sub))
-        if conf_items:
-            out.append(("Conformal prediction sets", [("text", "Split-conformal sets calibrated on images of val that "
-                                                               "neither training nor model selection used; coverage on "
-                                                               "the evaluated split with Clopper-Pearson intervals over "
-                                                               "lesions or patients. The marginal methods (lac, aps) "
-                                                               "promise 1 - alpha coverage only on average over images, "
-                                                               "so a rare class can fall far below it, while the "
-                                                               "classwise methods fit one threshold per class and "
-                                                               "promise it for every class; a class is flagged when its "
-                                                               "whole interval lies below the target.")] + conf_items))
+        if not conf_items:
+            return []
+        return [("Conformal prediction sets", [("text", "Split-conformal sets calibrated on images of val that "
+                                                        "neither training nor model selection used; coverage on "
+                                                        "the evaluated split with Clopper-Pearson intervals over "
+                                                        "lesions or patients. The marginal methods (lac, aps) "
+                                                        "promise 1 - alpha coverage only on average over images, "
+                                                        "so a rare class can fall far below it, while the "
+                                                        "classwise methods fit one threshold per class and "
+                                                        "promise it for every class; a class is flagged when its "
+                                                        "whole interval lies below the target.")] + conf_items)]
+
+    def _subgroups_section(self) -> list[tuple[str, list[tuple[str, Any]]]]:
         sub_items: list[tuple[str, Any]] = []
         for rep in self.runs:
             if "subgroups" in rep.tables:
@@ -492,23 +521,27 @@ class Report:
                               ("table:subgroups", subgroup_display(rep.tables["subgroups"], rep.unit))]
                 if "subgroup_gaps" in rep.tables:
                     sub_items.append(("table:gaps", gaps_display(rep.tables["subgroup_gaps"])))
-        if sub_items:
-            out.append(("Subgroups", [("text", "Metrics per metadata group with group-level intervals. Balanced "
-                                               "accuracy is the mean recall over the classes present in the group, "
-                                               "and each present class's recall is listed. flag: small groups "
-                                               "(fewer images than evaluation.subgroups.min_count) are shown but "
-                                               "left out of the worst group and gap; in a group with one true class "
-                                               "macro-F1 means nothing (each wrong answer adds a class with F1 0) "
-                                               "and is not given: read accuracy, that class's recall.")]
-                        + sub_items))
+        if not sub_items:
+            return []
+        return [("Subgroups", [("text", "Metrics per metadata group with group-level intervals. Balanced "
+                                        "accuracy is the mean recall over the classes present in the group, "
+                                        "and each present class's recall is listed. flag: small groups "
+                                        "(fewer images than evaluation.subgroups.min_count) are shown but "
+                                        "left out of the worst group and gap; in a group with one true class "
+                                        "macro-F1 means nothing (each wrong answer adds a class with F1 0) "
+                                        "and is not given: read accuracy, that class's recall.")]
+                 + sub_items)]
+
+    def _figures_section(self) -> list[tuple[str, list[tuple[str, Any]]]]:
         fig_items: list[tuple[str, Any]] = []
         for rep in self.runs:
             figs = [(name, caption, rep.figures[name]) for name, caption in FIGURES if name in rep.figures]
             if figs:
                 fig_items.append(("h3", rep.record.label))
                 fig_items += [("figure", (name, caption, data, rep.record.run_id)) for name, caption, data in figs]
-        if fig_items:
-            out.append(("Figures", fig_items))
+        return [("Figures", fig_items)] if fig_items else []
+
+    def _runs_section(self) -> list[tuple[str, list[tuple[str, Any]]]]:
         cfg_items: list[tuple[str, Any]] = []
         for rep in self.runs:
             digest = rep.record.tags.get("derma.dataset_digest") or rep.dataset.get("digest") or "-"
@@ -519,8 +552,7 @@ class Report:
                                    f", synthetic {synthetic}; derma {rep.record.tags.get('derma.version', '-')}, "
                                    f"git {rep.record.tags.get('derma.git_sha') or '-'}"),
                           ("pre", rep.config_text or "(no config.yaml logged)")]
-        out.append(("Runs: configuration and data", cfg_items))
-        return out
+        return [("Runs: configuration and data", cfg_items)]
 
     def html(self) -> str:
         parts = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',

@@ -35,7 +35,7 @@ import json
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -299,13 +299,120 @@ def _table_sha(frame: pd.DataFrame) -> str:
     return hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest()
 
 
+@dataclass
+class _Inputs:
+    """What a preparation reads: the verified raw data, the problems found so far, and the
+    fingerprint of every input and parameter (the same fingerprint: nothing to do)."""
+
+    data: RawData
+    problems: list[Problem]
+    synthetic: bool
+    name: str
+    facts: dict
+    metadata_sha: str
+    rel: dict[str, str]  # image id -> its path under the raw folder
+    fps: dict[str, list]  # image id -> [size, mtime_ns]
+    resampling: str
+    fingerprint: str
+
+
+@dataclass
+class _Rows:
+    """The cache rows done so far: the sha256 of each resized row, the error of each refused
+    one, and per row the image's size and the decoder's warnings."""
+
+    shas: dict[int, str] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+    notes: dict[int, dict] = field(default_factory=dict)
+
+
 def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, job: _Job, progress, log,
                     read_only: bool = False) -> dict:
     started = time.time()
-    descriptor, label_set = job.descriptor, job.label_set
-    data = read_raw(raw_dir, descriptor, job.options, label_set, official=params.split == "official", exclude=out)
+    descriptor = job.descriptor
+    inputs = _read_inputs(raw_dir, out, params, strict, job)
+    old, known = _check_up_to_date(out, inputs.fingerprint, inputs.synthetic, job, read_only, log)
+    if old is not None:
+        return old
+    if read_only:  # cannot write: stop before anything (the caller says why)
+        raise PermissionError(errno.EACCES, "read-only", str(out))
+    data, problems = inputs.data, inputs.problems
+    summary = {"metadata_rows": int(len(data.metadata)), "images_found": len(data.images)}
+    if any(p.fatal for p in problems) or (strict and problems):
+        _fail(out, problems, summary, strict, log)
+    if data.metadata.empty:
+        raise PrepError(f"error: {data.metadata_path}: no usable rows; see {out / REPORT}")
+
+    order = _split_rows(out, data, params, descriptor, problems, summary, strict, log)
+    ids = order["image_id"].tolist()
+    params_key = [PREP_VERSION, params.size, params.resize, inputs.resampling]
+    rows, reused, todo = _resize_rows(out, inputs, params, params_key, ids, workers, progress, known, log)
+    for row, err in sorted(rows.errors.items()):
+        problems.append(_image_problem(str(data.images[ids[row]]), *error_code(err)))
+    for row in sorted(set(rows.notes) - set(rows.errors)):
+        for text in rows.notes[row].get("warnings") or []:
+            problems.append(_warning_problem(str(data.images[ids[row]]), text))
+    if strict and problems:
+        _fail(out, problems, summary, strict, log)
+
+    good = np.array([row not in rows.errors for row in range(len(ids))], dtype=bool)
+    if not good.all():  # the refused images must not empty a split (the resized rows stay for the rerun)
+        from .feasibility import check_kept_rows
+
+        check_kept_rows(order, good, descriptor, data.metadata_path)
+    _publish_cache(out, good, (len(ids), params.size, params.size, 3))
+    order = order[good].reset_index(drop=True)
+    kept_rows = np.flatnonzero(good)
+    row_shas = [rows.shas[row] for row in kept_rows]
+    integrity = cache_record(out / CACHE_FILE, len(order), params.size)  # checked on every use
+
+    # ---- split tables, folds, digests, figure, report, state, manifest (last)
+    offsets = _write_split_tables(out, order)
+    codes = job.label_set.codes
+    counts = counts_table(order, order["split"], codes)
+    problems.extend(_missing_class_problems(counts, codes, params.split))
+    if strict and any(p.code == "class_missing_from_split" for p in problems):
+        _fail(out, problems, summary, strict, log)
+    folds_info = _write_folds(out, order, params, codes)
+    digest = _rows_digest(params, inputs.resampling, order, row_shas)
+    with contextlib.suppress(Exception):  # a figure problem must not fail the preparation
+        _class_figure(counts, out / "class_distribution.png", inputs.name, codes)
+
+    summary.update({"images_prepared": int(len(order)), "images_dropped": int((~good).sum()),
+                    "images_resized": len(todo), "images_reused": len(reused),
+                    "seconds": round(time.time() - started, 2)})
+    _write_report(out, problems, summary)
+    _remove_stale_images(out, set(order["image_id"]))
+    _write_state(out, params_key, order, row_shas, kept_rows, rows.notes, inputs)
+    manifest = {
+        "format": "derma-prepared", "version": PREP_VERSION, "name": inputs.name, "synthetic": inputs.synthetic,
+        "digest": digest, "fingerprint": inputs.fingerprint, "params": params.as_dict(),
+        "resampler": inputs.resampling,
+        "source": {"raw": str(data.root), "metadata": data.metadata_path.name,
+                   "metadata_sha256": inputs.metadata_sha},
+        "dataset": inputs.facts, "counts": counts, "folds": folds_info,
+        "cache": {"file": CACHE_FILE, "shape": [len(order), params.size, params.size, 3], "dtype": "uint8",
+                  "rows": offsets, "integrity": integrity},
+        "problems": {"fatal": 0, "warnings": len(problems)},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write_json(out / MANIFEST, manifest)
+    for leftover in (out / PARTIAL_LOG, out / PARTIAL_PLAN):
+        leftover.unlink(missing_ok=True)
+    for line in format_problems(problems):
+        log(line)
+    if not inputs.synthetic:
+        log(descriptor.licence_line())
+    log(_summary_line(out, counts, summary, problems, descriptor.grouping))
+    return manifest
+
+
+def _read_inputs(raw_dir, out: Path, params: PrepParams, strict, job: _Job) -> _Inputs:
+    """Read and verify the raw folder, and fingerprint everything that decides the result."""
+    descriptor = job.descriptor
+    data = read_raw(raw_dir, descriptor, job.options, job.label_set, official=params.split == "official",
+                    exclude=out)
     meta = data.metadata
-    problems = list(data.problems)
     synthetic = job.synthetic
     if synthetic is None:
         from .synthetic import read_marker
@@ -327,45 +434,53 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, job
         "decoder": DECODE_VERSION,
         "images": sorted((i, rel[i], fps[i]) for i in meta["image_id"]),
     }).encode()).hexdigest()
+    return _Inputs(data, list(data.problems), synthetic, name, facts, metadata_sha, rel, fps, resampling,
+                   fingerprint)
 
+
+def _check_up_to_date(out: Path, fingerprint: str, synthetic: bool, job: _Job, read_only: bool,
+                      log) -> tuple[dict | None, CacheCheck | None]:
+    """The previous manifest where ``out`` was prepared with the same inputs and parameters and
+    its cache still holds what was written (else None), and what a check of that cache found
+    (None where the fingerprint differs or the manifest records no shape)."""
     manifest_path = out / MANIFEST
-    known: CacheCheck | None = None  # what a check of the up-to-date cache found
-    if manifest_path.exists() and (out / CACHE_FILE).exists():
-        old = None
-        with contextlib.suppress(ValueError, OSError):
-            old = json.loads(manifest_path.read_text())
-        if isinstance(old, dict) and old.get("fingerprint") == fingerprint:
-            # same inputs and parameters: up to date if the cache still holds what was written
-            known = _check_cache_of(out, old, full=job.verify)
-            recorded = known is None or known.recorded
-            if known is None or not known.damaged and (recorded or read_only):
-                if not synthetic:
-                    log(descriptor.licence_line())
-                if job.verify and known is not None:
-                    log(f"{out / CACHE_FILE}: every chunk checked ({known.chunks} chunk{'s' * (known.chunks != 1)} "
-                        f"of up to {known.chunk_rows} rows): as written")
-                log(f"{out}: up to date (same inputs and parameters), nothing to do")
-                return old
-            if read_only:
-                raise PrepError(f"error: {out / CACHE_FILE} is damaged ({known.reason()}) and {out} is read-only: "
-                                f"make it writable and run the same command again to repair it")
-            if not known.damaged:  # prepared before caches had a record: write one (once)
-                log(f"{out / CACHE_FILE}: prepared by an earlier derma: recording its chunk digests (once)")
-            else:
-                log(f"warning: {out / CACHE_FILE} is damaged ({known.reason()}); repairing it: the rows of "
-                    f"the damaged chunks are resized again")
-    if read_only:  # cannot write: stop before anything (the caller says why)
-        raise PermissionError(errno.EACCES, "read-only", str(out))
+    if not (manifest_path.exists() and (out / CACHE_FILE).exists()):
+        return None, None
+    old = None
+    with contextlib.suppress(ValueError, OSError):
+        old = json.loads(manifest_path.read_text())
+    if not (isinstance(old, dict) and old.get("fingerprint") == fingerprint):
+        return None, None
+    # same inputs and parameters: up to date if the cache still holds what was written
+    known = _check_cache_of(out, old, full=job.verify)
+    recorded = known is None or known.recorded
+    if known is None or not known.damaged and (recorded or read_only):
+        if not synthetic:
+            log(job.descriptor.licence_line())
+        if job.verify and known is not None:
+            log(f"{out / CACHE_FILE}: every chunk checked ({known.chunks} chunk{'s' * (known.chunks != 1)} "
+                f"of up to {known.chunk_rows} rows): as written")
+        log(f"{out}: up to date (same inputs and parameters), nothing to do")
+        return old, known
+    if read_only:
+        raise PrepError(f"error: {out / CACHE_FILE} is damaged ({known.reason()}) and {out} is read-only: "
+                        f"make it writable and run the same command again to repair it")
+    if not known.damaged:  # prepared before caches had a record: write one (once)
+        log(f"{out / CACHE_FILE}: prepared by an earlier derma: recording its chunk digests (once)")
+    else:
+        log(f"warning: {out / CACHE_FILE} is damaged ({known.reason()}); repairing it: the rows of "
+            f"the damaged chunks are resized again")
+    return None, known
 
-    summary = {"metadata_rows": int(len(meta)), "images_found": len(data.images)}
-    if any(p.fatal for p in problems) or (strict and problems):
-        _fail(out, problems, summary, strict, log)
-    if meta.empty:
-        raise PrepError(f"error: {data.metadata_path}: no usable rows; see {out / REPORT}")
 
-    # ---- split (on rows whose image exists; images that fail to decode are dropped later)
+def _split_rows(out: Path, data: RawData, params: PrepParams, descriptor: "DatasetDescriptor",
+                problems: list[Problem], summary: dict, strict, log) -> pd.DataFrame:
+    """The metadata with a ``split`` column, ordered train, val, test (metadata order within a
+    split), on rows whose image exists; images that fail to decode are dropped later. An official
+    split whose groups leak across splits adds a fatal problem and stops."""
     from .feasibility import check_prep_splits  # too few rows or groups for a split: one line, nothing written
 
+    meta = data.metadata
     check_prep_splits(meta, params.split, params.ratios, params.seed, descriptor, data.metadata_path)
     if params.split == "seed":
         assignment = seed_split(meta, params.seed)
@@ -384,20 +499,13 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, job
     check_no_leakage(meta, assignment)
     meta = meta.assign(split=assignment.to_numpy())
     order = pd.concat([meta[meta["split"] == s] for s in SPLITS])  # metadata order within a split
-    order = order.reset_index(drop=True)
-    ids = order["image_id"].tolist()
+    return order.reset_index(drop=True)
 
-    # ---- resize into the cache, reusing rows of a previous run where inputs are unchanged
-    (out / "cache").mkdir(parents=True, exist_ok=True)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    shape = (len(order), params.size, params.size, 3)
-    params_key = [PREP_VERSION, params.size, params.resize, resampling]
-    # an interrupted preparation resumes only under everything that decides a row's pixels or its refusal
-    plan = hashlib.sha256(json.dumps([params_key, DECODE_VERSION, params.min_side,
-                                      [(i, rel[i], fps[i]) for i in ids]]).encode()).hexdigest()
-    shas: dict[int, str] = {}
-    errors: dict[int, str] = {}
-    notes: dict[int, dict] = {}  # per row: the image's size and the decoder's warnings
+
+def _resume_rows(out: Path, plan: str, shape: tuple, n_ids: int, log) -> _Rows:
+    """The rows an interrupted preparation with the same ``plan`` already did (its partial cache
+    kept), or none (a fresh partial cache, plan and log)."""
+    rows = _Rows()
     partial, log_path, plan_path = out / PARTIAL, out / PARTIAL_LOG, out / PARTIAL_PLAN
     resumed = False
     if partial.exists() and plan_path.exists() and log_path.exists():
@@ -408,32 +516,50 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, job
                     if len(parts) in (3, 4) and parts[0].isdigit():
                         row = int(parts[0])
                         if parts[1]:
-                            shas[row] = parts[1]
+                            rows.shas[row] = parts[1]
                         else:
-                            errors[row] = parts[2]
+                            rows.errors[row] = parts[2]
                         if len(parts) == 4 and parts[3]:
                             with contextlib.suppress(ValueError):
-                                notes[row] = json.loads(parts[3])
+                                rows.notes[row] = json.loads(parts[3])
                 resumed = True
     if resumed:
         cache = np.load(partial, mmap_mode="r+")
         if cache.shape != shape:
-            resumed, shas, errors = False, {}, {}
+            resumed, rows.shas, rows.errors = False, {}, {}
         del cache
     if resumed:
-        for row in missing_rows(partial, shas):  # rows are not fsynced: one lost in a power cut is all zeros
-            del shas[row]
-        log(f"resuming an interrupted preparation: {len(shas) + len(errors)} of {len(ids)} images already done")
+        for row in missing_rows(partial, rows.shas):  # rows are not fsynced: one lost in a power cut is all zeros
+            del rows.shas[row]
+        log(f"resuming an interrupted preparation: {len(rows.shas) + len(rows.errors)} of {n_ids} images "
+            "already done")
     else:
         np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape).flush()
         atomic_write_json(plan_path, {"plan": plan})
         log_path.write_text("")
+    return rows
 
-    reused = _reuse_previous(out, params_key, ids, rel, fps, partial, shas, errors, notes, data.images,
+
+def _resize_rows(out: Path, inputs: _Inputs, params: PrepParams, params_key: list, ids: list[str], workers,
+                 progress, known: CacheCheck | None, log) -> tuple[_Rows, list[int], list]:
+    """Resize into the partial cache, resuming an interrupted run and reusing rows of a previous
+    run where inputs are unchanged; every finished row is logged (fsynced) for a resume. Returns
+    the rows, the reused rows and the resized ones."""
+    (out / "cache").mkdir(parents=True, exist_ok=True)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    shape = (len(ids), params.size, params.size, 3)
+    rel, fps, images = inputs.rel, inputs.fps, inputs.data.images
+    # an interrupted preparation resumes only under everything that decides a row's pixels or its refusal
+    plan = hashlib.sha256(json.dumps([params_key, DECODE_VERSION, params.min_side,
+                                      [(i, rel[i], fps[i]) for i in ids]]).encode()).hexdigest()
+    rows = _resume_rows(out, plan, shape, len(ids), log)
+    shas, errors, notes = rows.shas, rows.errors, rows.notes
+    partial = out / PARTIAL
+    reused = _reuse_previous(out, params_key, ids, rel, fps, partial, shas, errors, notes, images,
                              params.min_side, known)
-    todo = [(row, str(data.images[i]), str(out / "images" / f"{i}.jpg"))
+    todo = [(row, str(images[i]), str(out / "images" / f"{i}.jpg"))
             for row, i in enumerate(ids) if row not in shas and row not in errors]
-    with open(log_path, "a") as logf:
+    with open(out / PARTIAL_LOG, "a") as logf:
         def record(results):
             for row, sha, err, info in results:
                 if sha is not None:
@@ -452,45 +578,33 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, job
         if todo:
             resize_into_cache(partial, todo, params.size, params.resize, workers=workers, on_done=record,
                               progress=progress, min_side=params.min_side)
+    return rows, reused, todo
 
-    for row, err in sorted(errors.items()):
-        problems.append(_image_problem(str(data.images[ids[row]]), *error_code(err)))
-    for row in sorted(set(notes) - set(errors)):
-        for text in notes[row].get("warnings") or []:
-            problems.append(_warning_problem(str(data.images[ids[row]]), text))
-    if strict and problems:
-        _fail(out, problems, summary, strict, log)
 
-    # ---- drop failed rows, publish the cache
-    good = np.array([row not in errors for row in range(len(ids))], dtype=bool)
-    if not good.all():  # the refused images must not empty a split (the resized rows stay for the rerun)
-        from .feasibility import check_kept_rows
-
-        check_kept_rows(order, good, descriptor, data.metadata_path)
-    final_cache = out / CACHE_FILE
+def _publish_cache(out: Path, good: np.ndarray, shape: tuple) -> None:
+    """Move the partial cache into place, without the rows of refused images."""
+    partial, final_cache = out / PARTIAL, out / CACHE_FILE
     # the old manifest and state describe the old cache: remove them before it is replaced, so
     # a crash from here on leaves a folder that is rebuilt, never one that is misread
     (out / MANIFEST).unlink(missing_ok=True)
     (out / STATE).unlink(missing_ok=True)
     if good.all():
         os.replace(partial, final_cache)
-    else:
-        src_cache = np.load(partial, mmap_mode="r")
-        tmp = out / "cache" / ".images.compact.npy"
-        dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(int(good.sum()),) + shape[1:])
-        keep_rows = np.flatnonzero(good)
-        for start in range(0, len(keep_rows), 512):
-            dst[start:start + 512] = src_cache[keep_rows[start:start + 512]]
-        dst.flush()
-        del dst, src_cache
-        os.replace(tmp, final_cache)
-        partial.unlink()
-    order = order[good].reset_index(drop=True)
-    kept_rows = np.flatnonzero(good)
-    row_shas = [shas[row] for row in kept_rows]
-    integrity = cache_record(final_cache, len(order), params.size)  # what the cache holds, checked on every use
+        return
+    src_cache = np.load(partial, mmap_mode="r")
+    tmp = out / "cache" / ".images.compact.npy"
+    dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(int(good.sum()),) + shape[1:])
+    keep_rows = np.flatnonzero(good)
+    for start in range(0, len(keep_rows), 512):
+        dst[start:start + 512] = src_cache[keep_rows[start:start + 512]]
+    dst.flush()
+    del dst, src_cache
+    os.replace(tmp, final_cache)
+    partial.unlink()
 
-    # ---- split tables, folds, digests, figure, report, state, manifest (last)
+
+def _write_split_tables(out: Path, order: pd.DataFrame) -> dict[str, list[int]]:
+    """splits/{train,val,test}.csv; returns each split's [first, end) rows in the cache."""
     meta_cols = rawmod.metadata_columns(order)
     table = pd.DataFrame({"id": order["image_id"], "label": order["dx"], "group_id": order["group_id"],
                           "image_path": "images/" + order["image_id"] + ".jpg"})
@@ -502,71 +616,63 @@ def _prepare_locked(raw_dir, out: Path, params: PrepParams, workers, strict, job
         atomic_write_csv(out / "splits" / f"{s}.csv", part)
         offsets[s] = [start, start + len(part)]
         start += len(part)
-    codes = label_set.codes
-    counts = counts_table(order, order["split"], codes)
-    missing_classes = {s: [c for c in codes if counts.get(s, {}).get("by_class", {}).get(c, 0) == 0] for s in SPLITS}
-    for s, missing in missing_classes.items():
+    return offsets
+
+
+def _missing_class_problems(counts: dict, codes: tuple[str, ...], split: str | None) -> list[Problem]:
+    """A warning per split that holds no image of some classes."""
+    problems = []
+    for s in SPLITS:
+        missing = [c for c in codes if counts.get(s, {}).get("by_class", {}).get(c, 0) == 0]
         if missing:
             listed = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-            fix = "add data" + ("" if params.split == "grouped" else " or use --split grouped")
+            fix = "add data" + ("" if split == "grouped" else " or use --split grouped")
             problems.append(Problem("class_missing_from_split", f"split {s}", f"no images of {listed}",
                                     f"metrics for those classes will be undefined there; {fix}"))
-    if strict and any(p.code == "class_missing_from_split" for p in problems):
-        _fail(out, problems, summary, strict, log)
-    folds_info = None
-    if params.folds:
-        pool = order[order["split"].isin(("train", "val"))]
-        fold = grouped_folds(pool, params.folds, params.seed)
-        check_no_leakage(pool, fold)
-        atomic_write_csv(out / "splits" / "folds.csv",
-                         pd.DataFrame({"id": pool["image_id"], "group_id": pool["group_id"], "label": pool["dx"],
-                                       "fold": fold.astype(int).to_numpy()}))
-        folds_info = {"k": params.folds, "counts": counts_table(pool, fold.astype(int).astype(str), codes)}
+    return problems
 
-    digest = hashlib.sha256(json.dumps({
+
+def _write_folds(out: Path, order: pd.DataFrame, params: PrepParams, codes: tuple[str, ...]) -> dict | None:
+    """With --folds K: splits/folds.csv (group-level folds of train+val) and the manifest's
+    "folds" block; None without."""
+    if not params.folds:
+        return None
+    pool = order[order["split"].isin(("train", "val"))]
+    fold = grouped_folds(pool, params.folds, params.seed)
+    check_no_leakage(pool, fold)
+    atomic_write_csv(out / "splits" / "folds.csv",
+                     pd.DataFrame({"id": pool["image_id"], "group_id": pool["group_id"], "label": pool["dx"],
+                                   "fold": fold.astype(int).to_numpy()}))
+    return {"k": params.folds, "counts": counts_table(pool, fold.astype(int).astype(str), codes)}
+
+
+def _rows_digest(params: PrepParams, resampling: str, order: pd.DataFrame, row_shas: list[str]) -> str:
+    """The manifest's digest: the parameters and every row's split, id, label, group and pixels."""
+    return hashlib.sha256(json.dumps({
         "params": params.as_dict(), "resampler": resampling,
         "rows": [[s, i, l, g, h] for s, i, l, g, h in zip(order["split"], order["image_id"], order["dx"],
                                                           order["group_id"], row_shas)],
     }).encode()).hexdigest()
-    with contextlib.suppress(Exception):  # a figure problem must not fail the preparation
-        _class_figure(counts, out / "class_distribution.png", name, codes)
 
-    summary.update({"images_prepared": int(len(order)), "images_dropped": int((~good).sum()),
-                    "images_resized": len(todo), "images_reused": len(reused),
-                    "seconds": round(time.time() - started, 2)})
-    _write_report(out, problems, summary)
-    keep_ids = set(order["image_id"])
+
+def _remove_stale_images(out: Path, keep_ids: set) -> None:
     for stale in (out / "images").glob("*.jpg"):
         if stale.stem not in keep_ids:
             stale.unlink()
+
+
+def _write_state(out: Path, params_key: list, order: pd.DataFrame, row_shas: list[str], kept_rows: np.ndarray,
+                 notes: dict[int, dict], inputs: _Inputs) -> None:
+    """state.json: per image its source, fingerprint, digest and row, for incremental re-runs."""
     def entry(k: int, i: str, h: str) -> dict:
         info = notes.get(int(kept_rows[k])) or {}
         extra = {key: info[key] for key in ("wh", "warnings") if info.get(key)}
-        return {"src": rel[i], "fp": fps[i], "sha256": h, "row": k, **extra}
+        return {"src": inputs.rel[i], "fp": inputs.fps[i], "sha256": h, "row": k, **extra}
 
     atomic_write_json(out / STATE, {
         "params_key": params_key, "decoder": DECODE_VERSION,
         "images": {i: entry(k, i, h) for k, (i, h) in enumerate(zip(order["image_id"], row_shas))},
     })
-    manifest = {
-        "format": "derma-prepared", "version": PREP_VERSION, "name": name, "synthetic": synthetic,
-        "digest": digest, "fingerprint": fingerprint, "params": params.as_dict(), "resampler": resampling,
-        "source": {"raw": str(data.root), "metadata": data.metadata_path.name, "metadata_sha256": metadata_sha},
-        "dataset": facts, "counts": counts, "folds": folds_info,
-        "cache": {"file": CACHE_FILE, "shape": [len(order), params.size, params.size, 3], "dtype": "uint8",
-                  "rows": offsets, "integrity": integrity},
-        "problems": {"fatal": 0, "warnings": len(problems)},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    atomic_write_json(manifest_path, manifest)
-    for leftover in (log_path, plan_path):
-        leftover.unlink(missing_ok=True)
-    for line in format_problems(problems):
-        log(line)
-    if not synthetic:
-        log(descriptor.licence_line())
-    log(_summary_line(out, counts, summary, problems, descriptor.grouping))
-    return manifest
 
 
 def _image_problem(src: str, code: str, message: str) -> Problem:

@@ -310,10 +310,8 @@ def verify(raw: RawData, descriptor: "DatasetDescriptor", label_set: LabelSet | 
     """
     label_set = label_set or descriptor.label_set()
     problems = list(raw.problems)
-    name, root = raw.metadata_path.name, raw.root
+    root = raw.root
     frame = raw.metadata.copy()
-    grouping = descriptor.grouping
-    group_column = descriptor.group_column or "group_id"
     if not raw.images and not any(p.code == "no_images" for p in problems):
         where = f"; expected: {descriptor.layout}" if descriptor.layout else ""
         problems.append(Problem("no_images", str(root), "no .jpg or .png images found",
@@ -331,13 +329,40 @@ def verify(raw: RawData, descriptor: "DatasetDescriptor", label_set: LabelSet | 
         line = frame[LINE_COLUMN]
     else:
         line = pd.Series([str(k) for k in range(2, len(frame) + 2)], index=frame.index)
-    keep = pd.Series(True, index=frame.index)
+    rows = _RowCheck(frame, line, pd.Series(True, index=frame.index), problems, raw.metadata_path.name)
+    _check_labels(rows, label_set)
+    _check_ids_and_groups(rows, descriptor.grouping, descriptor.group_column or "group_id")
+    if official_split:
+        _check_official_split(rows, descriptor, raw.metadata_path)
+    _check_duplicates(rows, descriptor.grouping)
+    if descriptor.grouping == "lesion":  # a lesion has one diagnosis; a patient may have lesions of several
+        _check_lesion_labels(rows, descriptor.grouping)
+    _check_image_files(rows, raw)
+    usable = rows.frame[rows.keep].drop(columns=[LINE_COLUMN], errors="ignore")
+    if not official_split:
+        usable = usable.drop(columns=[SPLIT_COLUMN], errors="ignore")
+    return RawData(root, raw.metadata_path, usable.reset_index(drop=True), raw.images, problems, verified=True)
 
-    def where(idx) -> str:
-        image_id = frame.at[idx, "image_id"]
-        return f"{name} line {line[idx]}" + (f" ({image_id})" if image_id else "")
 
-    # labels: a code, or a code in another case
+@dataclass
+class _RowCheck:
+    """The rows :func:`verify` checks: the (stripped) frame, each row's line in the metadata
+    file, which rows are kept so far, the problems found and the metadata file's name."""
+
+    frame: pd.DataFrame
+    line: pd.Series
+    keep: pd.Series
+    problems: list[Problem]
+    name: str
+
+    def where(self, idx) -> str:
+        image_id = self.frame.at[idx, "image_id"]
+        return f"{self.name} line {self.line[idx]}" + (f" ({image_id})" if image_id else "")
+
+
+def _check_labels(rows: _RowCheck, label_set: LabelSet) -> None:
+    """Labels: a code, or a code in another case (read as that code); any other is fatal."""
+    frame = rows.frame
     by_lower: dict[str, str] = {}
     for code in label_set.codes:
         by_lower.setdefault(code.lower(), code)
@@ -345,90 +370,107 @@ def verify(raw: RawData, descriptor: "DatasetDescriptor", label_set: LabelSet | 
     frame.loc[~known, "dx"] = frame.loc[~known, "dx"].map(lambda v: by_lower.get(v.lower(), v))
     for idx in frame.index[~frame["dx"].isin(label_set.codes)]:
         value = frame.at[idx, "dx"]
-        problems.append(Problem("unknown_label", where(idx),
-                                f"unknown label {value!r}" if value else "empty label",
-                                f"use one of {codes_hint(label_set)} or remove the row", fatal=True))
-        keep[idx] = False
+        rows.problems.append(Problem("unknown_label", rows.where(idx),
+                                     f"unknown label {value!r}" if value else "empty label",
+                                     f"use one of {codes_hint(label_set)} or remove the row", fatal=True))
+        rows.keep[idx] = False
 
+
+def _check_ids_and_groups(rows: _RowCheck, grouping: str | None, group_column: str) -> None:
+    """A blank image id is fatal; a blank group id makes the image its own group (a warning
+    where the dataset has a grouping); without a grouping every image is its own group."""
+    frame = rows.frame
     for idx in frame.index[frame["image_id"] == ""]:
-        problems.append(Problem("blank_field", f"{name} line {line[idx]}", "empty image_id",
-                                "fill in image_id or remove the row", fatal=True))
-        keep[idx] = False
+        rows.problems.append(Problem("blank_field", f"{rows.name} line {rows.line[idx]}", "empty image_id",
+                                     "fill in image_id or remove the row", fatal=True))
+        rows.keep[idx] = False
 
     blank_group = frame["group_id"] == ""
     if grouping is None:
         frame["group_id"] = frame["image_id"]  # every image is its own group
     elif blank_group.any():
         for idx in frame.index[blank_group & (frame["image_id"] != "")]:
-            problems.append(Problem("blank_field", where(idx), f"empty {group_column}",
-                                    f"the image is treated as its own {grouping}; fill in {group_column} so images "
-                                    f"of one {grouping} stay in one split"))
+            rows.problems.append(Problem("blank_field", rows.where(idx), f"empty {group_column}",
+                                         f"the image is treated as its own {grouping}; fill in {group_column} so "
+                                         f"images of one {grouping} stay in one split"))
         frame["group_id"] = frame["group_id"].where(~blank_group, f"{grouping}_of_" + frame["image_id"])
 
-    if official_split:
-        if SPLIT_COLUMN not in frame.columns:
-            raise PrepError(f"error: dataset {descriptor.name}: its reader gave no official split (a 'split' "
-                            f"column) for {raw.metadata_path}; use --split grouped")
-        from .splits import SPLITS
 
-        bad_split = ~frame[SPLIT_COLUMN].isin(SPLITS)
-        for idx in frame.index[bad_split & keep]:
-            value = frame.at[idx, SPLIT_COLUMN]
-            problems.append(Problem("bad_split", where(idx),
-                                    f"official split {value!r} is not one of {', '.join(SPLITS)}",
-                                    "fix the split of this row, or prepare with --split grouped", fatal=True))
-            keep[idx] = False
+def _check_official_split(rows: _RowCheck, descriptor: "DatasetDescriptor", metadata_path: Path) -> None:
+    """Every row needs an official split of train, val or test (fatal otherwise)."""
+    frame = rows.frame
+    if SPLIT_COLUMN not in frame.columns:
+        raise PrepError(f"error: dataset {descriptor.name}: its reader gave no official split (a 'split' "
+                        f"column) for {metadata_path}; use --split grouped")
+    from .splits import SPLITS
 
+    bad_split = ~frame[SPLIT_COLUMN].isin(SPLITS)
+    for idx in frame.index[bad_split & rows.keep]:
+        value = frame.at[idx, SPLIT_COLUMN]
+        rows.problems.append(Problem("bad_split", rows.where(idx),
+                                     f"official split {value!r} is not one of {', '.join(SPLITS)}",
+                                     "fix the split of this row, or prepare with --split grouped", fatal=True))
+        rows.keep[idx] = False
+
+
+def _check_duplicates(rows: _RowCheck, grouping: str | None) -> None:
+    """Identical rows of one image are one row (a warning); conflicting ones are fatal."""
+    frame, line, keep = rows.frame, rows.line, rows.keep
     compare = frame.drop(columns=[LINE_COLUMN], errors="ignore")
     dup = frame["image_id"].duplicated(keep=False) & (frame["image_id"] != "")
     for image_id, group in compare[dup].groupby("image_id", sort=False):
         lines = ", ".join(str(line[i]) for i in group.index)
         same = len(group.drop_duplicates()) == 1
         what = f"{grouping}/label" if grouping else "label"
-        problems.append(Problem("duplicate_row", f"{name} lines {lines}", f"image id {image_id} appears {len(group)} times"
-                                + ("" if same else " with different values"),
-                                "keep one row" + (" (identical rows: the first is used)" if same else
-                                                  f" and decide which {what} is right"), fatal=not same))
+        rows.problems.append(Problem("duplicate_row", f"{rows.name} lines {lines}",
+                                     f"image id {image_id} appears {len(group)} times"
+                                     + ("" if same else " with different values"),
+                                     "keep one row" + (" (identical rows: the first is used)" if same else
+                                                       f" and decide which {what} is right"), fatal=not same))
         keep[group.index[1:]] = False
         if not same:
             keep[group.index[0]] = False
 
-    if grouping == "lesion":  # a lesion has one diagnosis; a patient may have lesions of several
-        labels_per_group = frame[keep].groupby("group_id")["dx"].nunique()
-        for group_id in labels_per_group.index[labels_per_group > 1]:
-            rows = frame[keep & (frame["group_id"] == group_id)]
-            detail = ", ".join(f"line {line[i]} {rows.at[i, 'dx']}" for i in rows.index[:6])
-            problems.append(Problem("group_two_labels", f"{name} {grouping} {group_id}",
-                                    f"one {grouping} carries {rows['dx'].nunique()} labels ({detail})",
-                                    f"correct the labels of its rows: all images of a {grouping} share one diagnosis",
-                                    fatal=True))
 
-    for idx in frame.index[keep]:
+def _check_lesion_labels(rows: _RowCheck, grouping: str) -> None:
+    """A lesion with two labels is fatal."""
+    frame, keep, line = rows.frame, rows.keep, rows.line
+    labels_per_group = frame[keep].groupby("group_id")["dx"].nunique()
+    for group_id in labels_per_group.index[labels_per_group > 1]:
+        group_rows = frame[keep & (frame["group_id"] == group_id)]
+        detail = ", ".join(f"line {line[i]} {group_rows.at[i, 'dx']}" for i in group_rows.index[:6])
+        rows.problems.append(Problem("group_two_labels", f"{rows.name} {grouping} {group_id}",
+                                     f"one {grouping} carries {group_rows['dx'].nunique()} labels ({detail})",
+                                     f"correct the labels of its rows: all images of a {grouping} share one "
+                                     "diagnosis", fatal=True))
+
+
+def _check_image_files(rows: _RowCheck, raw: RawData) -> None:
+    """A row without an image file, or with an unreadable or empty one, is skipped (a warning);
+    an image without a row is ignored (a warning)."""
+    frame, problems = rows.frame, rows.problems
+    for idx in frame.index[rows.keep]:
         image_id = frame.at[idx, "image_id"]
         path = raw.images.get(image_id)
         if path is None:
-            problems.append(Problem("missing_image", where(idx), f"no image file {image_id}.jpg under {root}",
+            problems.append(Problem("missing_image", rows.where(idx), f"no image file {image_id}.jpg under {raw.root}",
                                     "add the image or remove the row; the row is skipped"))
-            keep[idx] = False
+            rows.keep[idx] = False
         elif (why := unreadable_reason(path)) is not None:
             problems.append(Problem("unreadable_image", str(path), f"cannot be read ({why})",
                                     "restore the file (or the link's target) or fix its permissions; the row is "
                                     "skipped"))
-            keep[idx] = False
+            rows.keep[idx] = False
         elif path.stat().st_size == 0:
             problems.append(Problem("empty_image", str(path), "the image file is empty (0 bytes)",
                                     "re-download or replace it; the row is skipped"))
-            keep[idx] = False
+            rows.keep[idx] = False
 
     listed = set(frame["image_id"])
     for image_id, path in raw.images.items():
         if image_id not in listed:
             problems.append(Problem("orphan_image", str(path), f"image {image_id} has no metadata row",
                                     "add a row for it or remove the file; it is ignored"))
-    usable = frame[keep].drop(columns=[LINE_COLUMN], errors="ignore")
-    if not official_split:
-        usable = usable.drop(columns=[SPLIT_COLUMN], errors="ignore")
-    return RawData(root, raw.metadata_path, usable.reset_index(drop=True), raw.images, problems, verified=True)
 
 
 def metadata_columns(frame: pd.DataFrame) -> list[str]:

@@ -531,8 +531,6 @@ def compare_command(run_ids, experiment, tracking_uri, fmt, plot_path, metric, s
 
     Give RUN_IDs (in the order A, B) or --experiment NAME.
     """
-    from .. import tracking
-
     if bool(run_ids) == bool(experiment):
         _fail("give run ids or --experiment NAME (not both)", 2)
     # MLflow draws a progress bar for every predictions table it downloads: noise here.
@@ -551,7 +549,24 @@ def compare_command(run_ids, experiment, tracking_uri, fmt, plot_path, metric, s
         order = {rid: i for i, rid in enumerate(frame["run_id"])}
         records = sorted(records, key=lambda r: order[r.run_id])
     frame = frame.reset_index(drop=True)
+    pair, pair_note = _compare_pair(records, paired, tracking_uri, split, n_resamples, confidence, seed, notes)
+    if plot_path:
+        from .figures import compare_figure
 
+        fig = compare_figure([_run_label(r) for _, r in frame.iterrows()], frame[metric].tolist(),
+                             frame.get(f"{metric}_ci_low", pd.Series([np.nan] * len(frame))).tolist(),
+                             frame.get(f"{metric}_ci_high", pd.Series([np.nan] * len(frame))).tolist(),
+                             f"{split}_{metric}")
+        save_figure_atomic(fig, plot_path)
+        notes.append(f"plot written to {plot_path}")
+    _print_comparison(fmt, frame, records, pair, pair_note, notes, metric, split, tracking_uri)
+
+
+def _compare_pair(records: list[RunRecord], paired: bool | None, tracking_uri: str | None, split: str,
+                  n_resamples: int, confidence: float, seed: int,
+                  notes: list[str]) -> tuple["PairedComparison | None", str | None]:
+    """The paired comparison of two runs (by default whenever there are two), or None and why
+    not (--paired: a failure exits instead)."""
     pair: PairedComparison | None = None
     pair_note: str | None = None
     if paired is None:
@@ -573,16 +588,14 @@ def compare_command(run_ids, experiment, tracking_uri, fmt, plot_path, metric, s
             if paired:
                 _fail(str(exc).strip("'\""))
             pair_note = str(exc).strip("'\"")
+    return pair, pair_note
 
-    if plot_path:
-        from .figures import compare_figure
 
-        fig = compare_figure([_run_label(r) for _, r in frame.iterrows()], frame[metric].tolist(),
-                             frame.get(f"{metric}_ci_low", pd.Series([np.nan] * len(frame))).tolist(),
-                             frame.get(f"{metric}_ci_high", pd.Series([np.nan] * len(frame))).tolist(),
-                             f"{split}_{metric}")
-        save_figure_atomic(fig, plot_path)
-        notes.append(f"plot written to {plot_path}")
+def _print_comparison(fmt: str, frame: pd.DataFrame, records: list[RunRecord], pair: "PairedComparison | None",
+                      pair_note: str | None, notes: list[str], metric: str, split: str,
+                      tracking_uri: str | None) -> None:
+    """The comparison in ``fmt`` on stdout; the notes on stderr."""
+    from .. import tracking
 
     if fmt == "json":
         payload = {"split": split, "metric": metric, "tracking_uri": tracking.resolve_tracking_uri(tracking_uri),

@@ -296,33 +296,10 @@ def conformal_evaluator(inputs: EvalInput) -> EvalResult:
         values = {"coverage": float(covered.mean()), "coverage_ci_low": low, "coverage_ci_high": high,
                   "mean_set_size": float(size.mean()), "singleton_rate": float(np.mean(size == 1)),
                   "empty_rate": float(np.mean(size == 0)), "qhat": np.nan if classwise else float(qhat)}
-        below, uncalibrated = 0, []
-        for c, label in enumerate(label_set.codes):
-            m = y_true == c
-            q_c = float(qhat[c]) if classwise else float(qhat)  # type: ignore[index]
-            row = {"method": method, "label": label, "images": int(m.sum()),
-                   "groups": int(len(np.unique(groups[m]))), "calibration_images": int(cal_counts[c]),
-                   "coverage": np.nan, "coverage_ci_low": np.nan, "coverage_ci_high": np.nan,
-                   "below_target": False, "mean_set_size": np.nan, "qhat": q_c if np.isfinite(q_c) else np.nan,
-                   "expected_low": np.nan, "expected_high": np.nan, "note": ""}
-            if classwise and cal_counts[c] < need:
-                uncalibrated.append(label)
-                row["note"] = (f"too few calibration images of {label} ({cal_counts[c]} < {need} for alpha = "
-                               f"{alpha:g}): no threshold, {label} is in every set")
-            if m.any():
-                c_low, c_high = conformal.coverage_interval(covered[m], groups[m], confidence)
-                row.update({"coverage": float(covered[m].mean()), "coverage_ci_low": c_low, "coverage_ci_high": c_high,
-                            "below_target": bool(c_high < target), "mean_set_size": float(size[m].mean())})
-                if classwise:
-                    row["expected_low"], row["expected_high"] = conformal.expected_coverage_range(
-                        int(cal_counts[c]), int(m.sum()), alpha, confidence)
-                below += row["below_target"]
-                result.metrics[f"conformal_{method}_coverage_{label}"] = row["coverage"]
-                result.metrics[f"conformal_{method}_coverage_{label}_ci_low"] = c_low
-                result.metrics[f"conformal_{method}_coverage_{label}_ci_high"] = c_high
-            elif not row["note"]:
-                row["note"] = f"no {inputs.split.name} images of {label}"
-            per_class.append(row)
+        rows, below, uncalibrated = _conformal_class_rows(
+            inputs, method, classwise, qhat, covered, size, cal_counts=cal_counts, need=need, alpha=alpha,
+            target=target, confidence=confidence, metrics=result.metrics)
+        per_class += rows
         values["classes_below_target"] = float(below)
         if classwise:
             values["classes_uncalibrated"] = float(len(uncalibrated))
@@ -347,6 +324,43 @@ def conformal_evaluator(inputs: EvalInput) -> EvalResult:
     if per_group:
         result.tables["conformal_subgroups"] = pd.concat(per_group, ignore_index=True)
     return result
+
+
+def _conformal_class_rows(inputs: EvalInput, method: str, classwise: bool, qhat, covered: np.ndarray,
+                          size: np.ndarray, *, cal_counts: np.ndarray, need: int, alpha: float, target: float,
+                          confidence: float, metrics: dict) -> tuple[list[dict], int, list[str]]:
+    """The per-class rows of one conformal method (coverage per class into ``metrics``), how
+    many classes fall below the target, and the classes too rare in calibration for a threshold."""
+    label_set, y_true, groups = inputs.label_set, inputs.y_true, inputs.groups
+    rows: list[dict] = []
+    below, uncalibrated = 0, []
+    for c, label in enumerate(label_set.codes):
+        m = y_true == c
+        q_c = float(qhat[c]) if classwise else float(qhat)  # type: ignore[index]
+        row = {"method": method, "label": label, "images": int(m.sum()),
+               "groups": int(len(np.unique(groups[m]))), "calibration_images": int(cal_counts[c]),
+               "coverage": np.nan, "coverage_ci_low": np.nan, "coverage_ci_high": np.nan,
+               "below_target": False, "mean_set_size": np.nan, "qhat": q_c if np.isfinite(q_c) else np.nan,
+               "expected_low": np.nan, "expected_high": np.nan, "note": ""}
+        if classwise and cal_counts[c] < need:
+            uncalibrated.append(label)
+            row["note"] = (f"too few calibration images of {label} ({cal_counts[c]} < {need} for alpha = "
+                           f"{alpha:g}): no threshold, {label} is in every set")
+        if m.any():
+            c_low, c_high = conformal.coverage_interval(covered[m], groups[m], confidence)
+            row.update({"coverage": float(covered[m].mean()), "coverage_ci_low": c_low, "coverage_ci_high": c_high,
+                        "below_target": bool(c_high < target), "mean_set_size": float(size[m].mean())})
+            if classwise:
+                row["expected_low"], row["expected_high"] = conformal.expected_coverage_range(
+                    int(cal_counts[c]), int(m.sum()), alpha, confidence)
+            below += row["below_target"]
+            metrics[f"conformal_{method}_coverage_{label}"] = row["coverage"]
+            metrics[f"conformal_{method}_coverage_{label}_ci_low"] = c_low
+            metrics[f"conformal_{method}_coverage_{label}_ci_high"] = c_high
+        elif not row["note"]:
+            row["note"] = f"no {inputs.split.name} images of {label}"
+        rows.append(row)
+    return rows, below, uncalibrated
 
 
 class Builtin(NamedTuple):

@@ -248,6 +248,36 @@ def read_prediction_file(path: str | os.PathLike, label_set: LabelSet, order: st
     ignored = {c.lower() for c in ignore}
     frame = frame[[c for c in frame.columns if c.lower() not in ignored]]
     notes: list[str] = []
+    id_col, ids = _read_ids(frame, path)
+    if fmt == "derma":
+        cols = _read_derma_columns(frame, path, label_set, notes)
+    elif fmt == "columns":
+        cols = _read_indexed_columns(frame, path, label_set, order, encoding, id_col, notes)
+    else:  # isic
+        cols = _PredictionColumns(probs=_read_isic_columns(frame, path, label_set, id_col, notes))
+    predicted = cols.predicted
+    if predicted is None:
+        if cols.probs is None:
+            raise ExternalError(f"{path}: neither predicted labels nor probabilities")
+        predicted = [label_set.codes[int(k)] for k in cols.probs.argmax(axis=1)]
+    return PredictionFile(path, fmt, file_sha256(path), ids, cols.truth, predicted, cols.probs, cols.groups,
+                          cols.raw_text, cols.paths, notes)
+
+
+@dataclass
+class _PredictionColumns:
+    """What a prediction file's columns give beyond the ids (None: not in the file)."""
+
+    truth: list[str] | None = None
+    predicted: list[str | None] | None = None
+    probs: np.ndarray | None = None
+    groups: list[str] | None = None
+    raw_text: list[str] | None = None
+    paths: list[str] | None = None
+
+
+def _read_ids(frame: pd.DataFrame, path: Path) -> tuple[str, list[str]]:
+    """The image id column and its ids (none empty, none twice)."""
     id_col = _column(frame, ID_COLUMNS)
     if id_col is None:
         raise ExternalError(f"{path}: no image id column (one of {', '.join(ID_COLUMNS)})")
@@ -260,106 +290,117 @@ def read_prediction_file(path: str | os.PathLike, label_set: LabelSet, order: st
         if v in seen:
             raise ExternalError(f"{path} lines {_line(seen[v])} and {_line(i)}: image {v!r} appears twice")
         seen[v] = i
-    truth = predicted = None
-    probs = None
-    groups = raw_text = paths = None
+    return id_col, ids
+
+
+def _read_derma_columns(frame: pd.DataFrame, path: Path, label_set: LabelSet, notes: list[str]) -> _PredictionColumns:
+    """derma's format: prob_<code> columns, predicted, label, group_id and raw_text."""
     codes = list(label_set.codes)
-    if fmt == "derma":
-        prob_cols = [c for c in frame.columns if c.lower().startswith(PROB_PREFIX)]
-        if prob_cols:
-            named = {c[len(PROB_PREFIX):]: c for c in prob_cols}
-            unknown = [c for c in named if c not in label_set]
-            missing = [c for c in codes if c not in named]
-            if unknown or missing:
-                raise ExternalError(f"{path}: its prob_ columns do not match the dataset's classes ("
-                                    + (f"unknown {', '.join(unknown)}" if unknown else "")
-                                    + ("; " if unknown and missing else "")
-                                    + (f"missing {', '.join(missing)}" if missing else "") + ")")
-            probs = _probabilities(frame, [named[c] for c in codes], path, notes)
-        pred_col = _column(frame, ("predicted",))
-        if pred_col is not None:
-            predicted = _labels(frame[pred_col].tolist(), label_set, None, path, pred_col, allow_empty=True)
-        label_col = _column(frame, ("label", "true_label"))
-        if label_col is not None:
-            truth = _labels(frame[label_col].tolist(), label_set, None, path, label_col, allow_empty=False)
-        group_col = _column(frame, ("group_id", "lesion_id"))
-        if group_col is not None:
-            groups = frame[group_col].astype(str).tolist()
-        text_col = _column(frame, ("raw_text",))
-        if text_col is not None:
-            raw_text = frame[text_col].astype(str).tolist()
-    elif fmt == "columns":
-        prob_cols = sorted((int(m.group(1)), c) for c in frame.columns if (m := COLUMN_PROB.match(c)))
-        if order is None:
-            what = "probability_class_0.." if prob_cols else "true_label/predicted_label"
-            raise ExternalError(f"{path} has {what} columns: give their classes with --class-order a,b,c or "
-                                "--class-order FILE (diag,label)")
-        ordered = class_order(order, label_set, encoding)
-        if prob_cols:
-            indices = [k for k, _ in prob_cols]
-            if indices != list(range(len(ordered))):
-                raise ExternalError(f"{path}: probability columns {', '.join(c for _, c in prob_cols)} do not match "
-                                    f"the {len(ordered)} classes of --class-order (probability_class_0.."
-                                    f"{len(ordered) - 1})")
-        missing = [c for c in codes if c not in ordered]
-        if missing:
-            raise ExternalError(f"--class-order names {len(ordered)} classes; the dataset's {', '.join(missing)} are "
-                                "missing: a prediction file must cover every class of the dataset")
-        if prob_cols:
-            in_order = _probabilities(frame, [c for _, c in prob_cols], path, notes)
-            probs = in_order[:, [ordered.index(c) for c in codes]]
-        pred_col = _column(frame, ("predicted_label", "prediction", "predicted"))
-        if pred_col is not None:
-            predicted = _labels(frame[pred_col].tolist(), label_set, ordered, path, pred_col, allow_empty=True)
-        label_col = _column(frame, ("true_label", "label"))
-        if label_col is not None:
-            truth = _labels(frame[label_col].tolist(), label_set, ordered, path, label_col, allow_empty=False)
-        if id_col.lower() in ("image_path", "path", "file", "filename"):
-            paths = frame[id_col].astype(str).tolist()
-    else:  # isic
-        others = [c for c in frame.columns if c != id_col]
-        target = _column(frame, ("target",))
-        if target is not None and len(others) == 1:
-            if len(label_set) != 2:
-                raise ExternalError(f"{path}: a single target column is a two-class submission (ISIC 2020), but the "
-                                    f"dataset has {len(label_set)} classes")
-            positive = label_set.focus or codes[1]
-            values = pd.to_numeric(frame[target], errors="coerce").to_numpy(dtype=np.float64)
-            bad = ~np.isfinite(values) | (values < 0) | (values > 1)
-            if bad.any():
-                i = int(np.flatnonzero(bad)[0])
-                raise ExternalError(f"{path} line {_line(i)}: target {frame[target].iat[i]!r} is not a probability "
-                                    "between 0 and 1")
-            probs = np.zeros((len(frame), 2))
-            k = codes.index(positive)
-            probs[:, k] = values
-            probs[:, 1 - k] = 1.0 - values
-            notes.append(f"target read as the probability of {positive}")
+    cols = _PredictionColumns()
+    prob_cols = [c for c in frame.columns if c.lower().startswith(PROB_PREFIX)]
+    if prob_cols:
+        named = {c[len(PROB_PREFIX):]: c for c in prob_cols}
+        unknown = [c for c in named if c not in label_set]
+        missing = [c for c in codes if c not in named]
+        if unknown or missing:
+            raise ExternalError(f"{path}: its prob_ columns do not match the dataset's classes ("
+                                + (f"unknown {', '.join(unknown)}" if unknown else "")
+                                + ("; " if unknown and missing else "")
+                                + (f"missing {', '.join(missing)}" if missing else "") + ")")
+        cols.probs = _probabilities(frame, [named[c] for c in codes], path, notes)
+    pred_col = _column(frame, ("predicted",))
+    if pred_col is not None:
+        cols.predicted = _labels(frame[pred_col].tolist(), label_set, None, path, pred_col, allow_empty=True)
+    label_col = _column(frame, ("label", "true_label"))
+    if label_col is not None:
+        cols.truth = _labels(frame[label_col].tolist(), label_set, None, path, label_col, allow_empty=False)
+    group_col = _column(frame, ("group_id", "lesion_id"))
+    if group_col is not None:
+        cols.groups = frame[group_col].astype(str).tolist()
+    text_col = _column(frame, ("raw_text",))
+    if text_col is not None:
+        cols.raw_text = frame[text_col].astype(str).tolist()
+    return cols
+
+
+def _read_indexed_columns(frame: pd.DataFrame, path: Path, label_set: LabelSet, order: str | None, encoding: str,
+                          id_col: str, notes: list[str]) -> _PredictionColumns:
+    """The "columns" format: probability_class_<k>, predicted and true labels (indices or names)
+    in the class order of --class-order."""
+    codes = list(label_set.codes)
+    cols = _PredictionColumns()
+    prob_cols = sorted((int(m.group(1)), c) for c in frame.columns if (m := COLUMN_PROB.match(c)))
+    if order is None:
+        what = "probability_class_0.." if prob_cols else "true_label/predicted_label"
+        raise ExternalError(f"{path} has {what} columns: give their classes with --class-order a,b,c or "
+                            "--class-order FILE (diag,label)")
+    ordered = class_order(order, label_set, encoding)
+    if prob_cols:
+        indices = [k for k, _ in prob_cols]
+        if indices != list(range(len(ordered))):
+            raise ExternalError(f"{path}: probability columns {', '.join(c for _, c in prob_cols)} do not match "
+                                f"the {len(ordered)} classes of --class-order (probability_class_0.."
+                                f"{len(ordered) - 1})")
+    missing = [c for c in codes if c not in ordered]
+    if missing:
+        raise ExternalError(f"--class-order names {len(ordered)} classes; the dataset's {', '.join(missing)} are "
+                            "missing: a prediction file must cover every class of the dataset")
+    if prob_cols:
+        in_order = _probabilities(frame, [c for _, c in prob_cols], path, notes)
+        cols.probs = in_order[:, [ordered.index(c) for c in codes]]
+    pred_col = _column(frame, ("predicted_label", "prediction", "predicted"))
+    if pred_col is not None:
+        cols.predicted = _labels(frame[pred_col].tolist(), label_set, ordered, path, pred_col, allow_empty=True)
+    label_col = _column(frame, ("true_label", "label"))
+    if label_col is not None:
+        cols.truth = _labels(frame[label_col].tolist(), label_set, ordered, path, label_col, allow_empty=False)
+    if id_col.lower() in ("image_path", "path", "file", "filename"):
+        cols.paths = frame[id_col].astype(str).tolist()
+    return cols
+
+
+def _read_isic_columns(frame: pd.DataFrame, path: Path, label_set: LabelSet, id_col: str,
+                       notes: list[str]) -> np.ndarray:
+    """An ISIC submission's probabilities: one column per class, or a single two-class target."""
+    codes = list(label_set.codes)
+    others = [c for c in frame.columns if c != id_col]
+    target = _column(frame, ("target",))
+    if target is not None and len(others) == 1:
+        if len(label_set) != 2:
+            raise ExternalError(f"{path}: a single target column is a two-class submission (ISIC 2020), but the "
+                                f"dataset has {len(label_set)} classes")
+        positive = label_set.focus or codes[1]
+        values = pd.to_numeric(frame[target], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(values) | (values < 0) | (values > 1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ExternalError(f"{path} line {_line(i)}: target {frame[target].iat[i]!r} is not a probability "
+                                "between 0 and 1")
+        probs = np.zeros((len(frame), 2))
+        k = codes.index(positive)
+        probs[:, k] = values
+        probs[:, 1 - k] = 1.0 - values
+        notes.append(f"target read as the probability of {positive}")
+        return probs
+    resolved: dict[str, str] = {}
+    unknown = []
+    for col in others:
+        code = label_set.lookup(col)
+        if code is None:
+            unknown.append(col)
+        elif code in resolved:
+            raise ExternalError(f"{path}: columns {resolved[code]} and {col} both name class {code}")
         else:
-            resolved: dict[str, str] = {}
-            unknown = []
-            for col in others:
-                code = label_set.lookup(col)
-                if code is None:
-                    unknown.append(col)
-                elif code in resolved:
-                    raise ExternalError(f"{path}: columns {resolved[code]} and {col} both name class {code}")
-                else:
-                    resolved[code] = col
-            if unknown:
-                raise ExternalError(f"{path}: column(s) {', '.join(unknown)} name no class of the dataset "
-                                    f"({', '.join(codes)}); drop them or pass --ignore-column "
-                                    f"{unknown[0]}")
-            missing = [c for c in codes if c not in resolved]
-            if missing:
-                raise ExternalError(f"{path}: no probability column for {', '.join(missing)}; an ISIC submission has "
-                                    "one column per class")
-            probs = _probabilities(frame, [resolved[c] for c in codes], path, notes)
-    if predicted is None:
-        if probs is None:
-            raise ExternalError(f"{path}: neither predicted labels nor probabilities")
-        predicted = [codes[int(k)] for k in probs.argmax(axis=1)]
-    return PredictionFile(path, fmt, file_sha256(path), ids, truth, predicted, probs, groups, raw_text, paths, notes)
+            resolved[code] = col
+    if unknown:
+        raise ExternalError(f"{path}: column(s) {', '.join(unknown)} name no class of the dataset "
+                            f"({', '.join(codes)}); drop them or pass --ignore-column "
+                            f"{unknown[0]}")
+    missing = [c for c in codes if c not in resolved]
+    if missing:
+        raise ExternalError(f"{path}: no probability column for {', '.join(missing)}; an ISIC submission has "
+                            "one column per class")
+    return _probabilities(frame, [resolved[c] for c in codes], path, notes)
 
 
 # ---------------------------------------------------------------- the dataset's metadata
@@ -529,12 +570,44 @@ def evaluate_file(path: str | os.PathLike, dataset: str, *, data_dir: str | None
                   encoding: str = "utf-8") -> ExternalResult:
     """Evaluate a prediction file on ``dataset`` into a new MLflow run (see the module docstring);
     the prediction, ``--val``, ``--class-order`` and ``--metadata`` files are read in ``encoding``."""
-    from .. import __version__, tracking
-    from ..config import dump_config, resolve_config
+    from .. import tracking
+    from ..config import resolve_config
+    from ..interfaces import Dataset
+
+    descriptor, meta = _external_dataset(dataset, data_dir, metadata, options, encoding)
+    label_set = descriptor.labels
+    pf = read_prediction_file(path, label_set, order, fmt, ignore, encoding)  # type: ignore[arg-type]
+    main = assemble(pf, label_set, meta, split)  # type: ignore[arg-type]
+    reference, notes = _val_reference(val, path, main, label_set, meta, order, fmt, ignore, encoding)
+    config = resolve_config(None, config_file, overrides, {"tracking.uri": uri, "tracking.experiment": experiment,
+                                                          "tracking.run_name": run_name})
+    config["plugin"] = PLUGIN
+    config["evaluation"]["split"] = split
+    data = Dataset(meta.experiment if meta is not None and meta.experiment else descriptor.name,
+                   (meta.digest if meta is not None and meta.digest else pf.sha256[:16]),
+                   {split: main.split}, descriptor=descriptor,
+                   synthetic=bool(meta.synthetic) if meta is not None and meta.synthetic is not None else False,
+                   dir=Path(data_dir).expanduser() if data_dir else None)
+    experiment = config["tracking"].get("experiment") or data.name
+    model = model or Path(path).stem
+    name = config["tracking"].get("run_name") or tracking.default_run_name(PLUGIN, data.name, model)
+    inputs = _ExternalInputs(Path(path), val, pf, main, reference, notes, descriptor, meta, split)
+    uri = config["tracking"].get("uri")
+    tracking.configure(uri)
+    with tracking.start_run(experiment, run_name=name, tags=_external_tags(inputs, data), uri=uri) as tracker:
+        metrics = _log_external_run(tracker, inputs, config, data, model)
+        run_id = tracker.run_id
+    for note in notes:
+        log(f"note: {note}")
+    return ExternalResult(run_id, experiment, metrics, notes)
+
+
+def _external_dataset(dataset: str, data_dir: str | None, metadata: str | None,
+                      options: Mapping[str, str] | None, encoding: str):
+    """The dataset's descriptor (with the label set of the prepared folder or the options) and
+    its metadata (from --data-dir or --metadata; None without)."""
     from ..data.descriptor import DatasetDescriptor
     from ..data.sources import registered_descriptor, registered_names
-    from ..interfaces import Dataset, EvalReference
-    from ..runner import LABEL_SET_ARTIFACT, evaluate, log_evaluation
 
     if data_dir and metadata:
         raise ExternalError("give --data-dir or --metadata, not both")
@@ -553,74 +626,90 @@ def evaluate_file(path: str | os.PathLike, dataset: str, *, data_dir: str | None
         if metadata:
             meta = table_metadata(Path(metadata).expanduser(), found, descriptor.labels, opts, encoding)
     assert isinstance(descriptor, DatasetDescriptor)
-    label_set = descriptor.labels
-    pf = read_prediction_file(path, label_set, order, fmt, ignore, encoding)  # type: ignore[arg-type]
-    main = assemble(pf, label_set, meta, split)  # type: ignore[arg-type]
-    reference = None
+    return descriptor, meta
+
+
+def _val_reference(val: str | None, path, main: Assembled, label_set: LabelSet, meta: Metadata | None,
+                   order: str | None, fmt: str | None, ignore: Sequence[str], encoding: str):
+    """The --val predictions as the evaluation's reference (None without), and the notes."""
+    from ..interfaces import EvalReference
+
     notes = list(main.notes)
-    if val:
-        vf = read_prediction_file(val, label_set, order, fmt, ignore, encoding)  # type: ignore[arg-type]
-        vset = assemble(vf, label_set, meta, "val")  # type: ignore[arg-type]
-        overlap = set(vset.split.ids) & set(main.split.ids)
-        if overlap:
-            raise ExternalError(f"--val {val}: {len(overlap)} of its images are also in {path} (e.g. "
-                                f"{sorted(overlap)[0]}); calibration must be fitted on other images")
-        reference = EvalReference(vset.split, vset.predictions)
-        notes += [f"val: {n}" for n in vset.notes]
-    else:
+    if not val:
         notes.append("calibration (temperature scaling) and conformal sets skipped: no --val file (predictions on "
                      "validation images) to fit them on")
-    config = resolve_config(None, config_file, overrides, {"tracking.uri": uri, "tracking.experiment": experiment,
-                                                          "tracking.run_name": run_name})
-    config["plugin"] = PLUGIN
-    config["evaluation"]["split"] = split
-    data = Dataset(meta.experiment if meta is not None and meta.experiment else descriptor.name,
-                   (meta.digest if meta is not None and meta.digest else pf.sha256[:16]),
-                   {split: main.split}, descriptor=descriptor,
-                   synthetic=bool(meta.synthetic) if meta is not None and meta.synthetic is not None else False,
-                   dir=Path(data_dir).expanduser() if data_dir else None)
-    experiment = config["tracking"].get("experiment") or data.name
-    model = model or Path(path).stem
-    name = config["tracking"].get("run_name") or tracking.default_run_name(PLUGIN, data.name, model)
-    tags = {
+        return None, notes
+    vf = read_prediction_file(val, label_set, order, fmt, ignore, encoding)  # type: ignore[arg-type]
+    vset = assemble(vf, label_set, meta, "val")  # type: ignore[arg-type]
+    overlap = set(vset.split.ids) & set(main.split.ids)
+    if overlap:
+        raise ExternalError(f"--val {val}: {len(overlap)} of its images are also in {path} (e.g. "
+                            f"{sorted(overlap)[0]}); calibration must be fitted on other images")
+    notes += [f"val: {n}" for n in vset.notes]
+    return EvalReference(vset.split, vset.predictions), notes
+
+
+@dataclass
+class _ExternalInputs:
+    """What an external evaluation evaluates: the prediction file (and --val file), read and
+    assembled, the --val reference, the notes, the metadata and the evaluated split's name."""
+
+    path: Path
+    val: str | None
+    pf: PredictionFile
+    main: Assembled
+    reference: Any  # EvalReference | None
+    notes: list[str]
+    descriptor: Any  # DatasetDescriptor
+    meta: Metadata | None
+    split: str
+
+
+def _external_tags(inputs: _ExternalInputs, data) -> dict:
+    from .. import __version__, tracking
+
+    descriptor, pf = inputs.descriptor, inputs.pf
+    return {
         tracking.TAG_PLUGIN: PLUGIN, tracking.TAG_DATASET: data.name,
-        tracking.TAG_DATASET_DIGEST: data.digest, tracking.TAG_LABEL_SET: ",".join(label_set.codes),
+        tracking.TAG_DATASET_DIGEST: data.digest, tracking.TAG_LABEL_SET: ",".join(descriptor.labels.codes),
         tracking.TAG_DATASET_LICENCE: descriptor.licence or None,
         tracking.TAG_DATASET_CITATION: descriptor.citation or None,
         tracking.TAG_SYNTHETIC: str(data.synthetic).lower(), tracking.TAG_VERSION: __version__,
-        tracking.TAG_GIT_SHA: tracking.git_sha(), TAG_SHA256: pf.sha256, TAG_FILE: str(Path(path).resolve()),
+        tracking.TAG_GIT_SHA: tracking.git_sha(), TAG_SHA256: pf.sha256, TAG_FILE: str(inputs.path.resolve()),
         TAG_FORMAT: pf.format,
     }
-    uri = config["tracking"].get("uri")
-    tracking.configure(uri)
-    with tracking.start_run(experiment, run_name=name, tags=tags, uri=uri) as tracker:
-        tracker.log_params({"plugin": PLUGIN, "eval_split": split, "model": model, "seed": config.get("seed"),
-                            "external_format": pf.format})
-        tracker.log_text(dump_config(config), "config.yaml")
-        tracker.log_dict({"name": data.name, "digest": data.digest, "synthetic": data.synthetic,
-                          "dir": str(data.dir) if data.dir else None, "facts": descriptor.facts(),
-                          "metadata": meta.source if meta is not None else None,
-                          "predictions_file": {"path": str(Path(path).resolve()), "sha256": pf.sha256,
-                                               "format": pf.format}}, "dataset.json")
-        tracker.log_dict(label_set.to_dict(), LABEL_SET_ARTIFACT)
-        tracker.log_artifact(Path(path), "external")
-        if val:
-            tracker.log_artifact(Path(val), "external/val")
-        tracker.log_input(main.split.frame[["id", "label", "group_id", "image_path"]],
-                          name=f"external/{Path(path).name}", context=split, digest=pf.sha256[:16],
-                          source=str(Path(path).resolve()))
-        metrics, results = evaluate(main.split, main.predictions, config, data, reference)
-        if reference is not None:
-            tracker.log_table(reference.predictions.to_frame(reference.split), "predictions_val.csv")
-        prefixed = log_evaluation(tracker, main.split, main.predictions, metrics, results, split)
-        counts = {"external_rows": float(len(pf)), "external_evaluated": float(len(main.split)),
-                  "external_missing_from_metadata": float(main.missing), "external_without_label": float(main.dropped)}
-        tracker.log_metrics(counts)
-        tracker.log_text("\n".join(notes) + "\n", "external/notes.txt")
-        run_id = tracker.run_id
-    for note in notes:
-        log(f"note: {note}")
-    return ExternalResult(run_id, experiment, {**prefixed, **counts}, notes)
+
+
+def _log_external_run(tracker, inputs: _ExternalInputs, config: dict, data, model: str) -> dict[str, float]:
+    """Log the inputs, evaluate and log the evaluation; returns the logged metrics and counts."""
+    from ..config import dump_config
+    from ..runner import LABEL_SET_ARTIFACT, evaluate, log_evaluation
+
+    path, pf, main, split, meta = inputs.path, inputs.pf, inputs.main, inputs.split, inputs.meta
+    tracker.log_params({"plugin": PLUGIN, "eval_split": split, "model": model, "seed": config.get("seed"),
+                        "external_format": pf.format})
+    tracker.log_text(dump_config(config), "config.yaml")
+    tracker.log_dict({"name": data.name, "digest": data.digest, "synthetic": data.synthetic,
+                      "dir": str(data.dir) if data.dir else None, "facts": inputs.descriptor.facts(),
+                      "metadata": meta.source if meta is not None else None,
+                      "predictions_file": {"path": str(path.resolve()), "sha256": pf.sha256,
+                                           "format": pf.format}}, "dataset.json")
+    tracker.log_dict(inputs.descriptor.labels.to_dict(), LABEL_SET_ARTIFACT)
+    tracker.log_artifact(path, "external")
+    if inputs.val:
+        tracker.log_artifact(Path(inputs.val), "external/val")
+    tracker.log_input(main.split.frame[["id", "label", "group_id", "image_path"]],
+                      name=f"external/{path.name}", context=split, digest=pf.sha256[:16],
+                      source=str(path.resolve()))
+    metrics, results = evaluate(main.split, main.predictions, config, data, inputs.reference)
+    if inputs.reference is not None:
+        tracker.log_table(inputs.reference.predictions.to_frame(inputs.reference.split), "predictions_val.csv")
+    prefixed = log_evaluation(tracker, main.split, main.predictions, metrics, results, split)
+    counts = {"external_rows": float(len(pf)), "external_evaluated": float(len(main.split)),
+              "external_missing_from_metadata": float(main.missing), "external_without_label": float(main.dropped)}
+    tracker.log_metrics(counts)
+    tracker.log_text("\n".join(inputs.notes) + "\n", "external/notes.txt")
+    return {**prefixed, **counts}
 
 
 def _option_pairs(values: Sequence[str]) -> dict[str, str]:

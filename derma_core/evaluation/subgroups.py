@@ -236,53 +236,66 @@ def subgroup_analysis(y_true: np.ndarray, y_pred: np.ndarray, group_ids: np.ndar
     point = point_metrics(stats, n_classes, targets)
     samples = (resampled_metrics(stats, n_classes, n_resamples, seed, targets) if n_resamples > 0
                else {m: np.empty((0, g)) for m in names})
-    table_rows = []
-    for j, (column, value) in enumerate(keys):
-        m = values[column].labels == value
-        n = int(m.sum())
-        support = np.bincount(y_true[m], minlength=n_classes)
-        hits = np.bincount(y_true[m][y_pred[m] == y_true[m]], minlength=n_classes)
-        present = np.flatnonzero(support)
-        single = len(present) == 1
-        row: dict[str, Any] = {"column": column, "group": value, "images": n,
-                               "units": int(len(np.unique(unit[m]))), "small": bool(n < min_count),
-                               "min_count": int(min_count), "classes_present": int(len(present)),
-                               "single_class": bool(single),
-                               "present_recall": "; ".join(f"{_code(codes, c)} {hits[c] / support[c]:.3f} "
-                                                           f"({hits[c]}/{support[c]})" for c in present)}
-        for name in names:
-            row[name] = float(point[name][j])
-            low, high = percentile_interval(samples[name][:, j], confidence) if n_resamples > 0 else (np.nan, np.nan)
-            row[f"{name}_ci_low"], row[f"{name}_ci_high"] = low, high
-        if single:  # macro-F1 over the wrongly predicted classes (F1 0 each) says nothing here
-            row["macro_f1"] = row["macro_f1_ci_low"] = row["macro_f1_ci_high"] = np.nan
-            point["macro_f1"][j] = np.nan
-        table_rows.append(row)
-    table = pd.DataFrame(table_rows)
+    table = pd.DataFrame([_group_row(j, column, value, values[column].labels == value, y_true, y_pred, unit, point,
+                                     samples, names, n_classes, n_resamples, confidence, min_count, codes)
+                          for j, (column, value) in enumerate(keys)])
     gap_metrics = GAP_METRICS + tuple(t.name("sensitivity") for t in targets)
     gap_rows = []
     for column in values:
         eligible = [j for j, (c, v) in enumerate(keys)
                     if c == column and v != MISSING and not table.at[j, "small"]]
         for name in gap_metrics:
-            usable = [j for j in eligible if np.isfinite(point[name][j])]
-            row = {"column": column, "metric": name, "groups_compared": len(usable)}
-            if len(usable) >= 1:
-                worst = min(usable, key=lambda j: point[name][j])
-                best = max(usable, key=lambda j: point[name][j])
-                row.update({"worst_group": keys[worst][1], "worst": float(point[name][worst])})
-                if len(usable) >= 2:  # a gap needs two groups (one group against itself is no gap)
-                    row.update({"best_group": keys[best][1], "best": float(point[name][best]),
-                                "gap": float(point[name][best] - point[name][worst])})
-                if len(usable) >= 2 and n_resamples > 0:
-                    diff = samples[name][:, best] - samples[name][:, worst]
-                    row["gap_ci_low"], row["gap_ci_high"] = percentile_interval(diff, confidence)
-            gap_rows.append(row)
+            gap_rows.append(_gap_row(column, name, eligible, keys, point, samples, n_resamples, confidence))
     gaps = pd.DataFrame(gap_rows)
     for col in ("worst_group", "worst", "best_group", "best", "gap", "gap_ci_low", "gap_ci_high"):
         if col not in gaps:
             gaps[col] = np.nan
     return table, gaps
+
+
+def _group_row(j: int, column: str, value: str, m: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
+               unit: np.ndarray, point: dict, samples: dict, names: Sequence[str], n_classes: int, n_resamples: int,
+               confidence: float, min_count: int, codes: Sequence[str] | None) -> dict[str, Any]:
+    """The groups table's row of group ``j`` (rows ``m``); a single-class group's macro-F1 is
+    NaN, in ``point`` too (so no gap uses it)."""
+    n = int(m.sum())
+    support = np.bincount(y_true[m], minlength=n_classes)
+    hits = np.bincount(y_true[m][y_pred[m] == y_true[m]], minlength=n_classes)
+    present = np.flatnonzero(support)
+    single = len(present) == 1
+    row: dict[str, Any] = {"column": column, "group": value, "images": n,
+                           "units": int(len(np.unique(unit[m]))), "small": bool(n < min_count),
+                           "min_count": int(min_count), "classes_present": int(len(present)),
+                           "single_class": bool(single),
+                           "present_recall": "; ".join(f"{_code(codes, c)} {hits[c] / support[c]:.3f} "
+                                                       f"({hits[c]}/{support[c]})" for c in present)}
+    for name in names:
+        row[name] = float(point[name][j])
+        low, high = percentile_interval(samples[name][:, j], confidence) if n_resamples > 0 else (np.nan, np.nan)
+        row[f"{name}_ci_low"], row[f"{name}_ci_high"] = low, high
+    if single:  # macro-F1 over the wrongly predicted classes (F1 0 each) says nothing here
+        row["macro_f1"] = row["macro_f1_ci_low"] = row["macro_f1_ci_high"] = np.nan
+        point["macro_f1"][j] = np.nan
+    return row
+
+
+def _gap_row(column: str, name: str, eligible: list[int], keys: list[tuple[str, str]], point: dict, samples: dict,
+             n_resamples: int, confidence: float) -> dict[str, Any]:
+    """The gaps table's row of ``column`` and metric ``name``: the worst and best of the
+    ``eligible`` groups, the gap and its interval."""
+    usable = [j for j in eligible if np.isfinite(point[name][j])]
+    row = {"column": column, "metric": name, "groups_compared": len(usable)}
+    if len(usable) >= 1:
+        worst = min(usable, key=lambda j: point[name][j])
+        best = max(usable, key=lambda j: point[name][j])
+        row.update({"worst_group": keys[worst][1], "worst": float(point[name][worst])})
+        if len(usable) >= 2:  # a gap needs two groups (one group against itself is no gap)
+            row.update({"best_group": keys[best][1], "best": float(point[name][best]),
+                        "gap": float(point[name][best] - point[name][worst])})
+        if len(usable) >= 2 and n_resamples > 0:
+            diff = samples[name][:, best] - samples[name][:, worst]
+            row["gap_ci_low"], row["gap_ci_high"] = percentile_interval(diff, confidence)
+    return row
 
 
 def _code(codes: Sequence[str] | None, c: int) -> str:

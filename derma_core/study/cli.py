@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import click
 
@@ -49,9 +51,7 @@ def study_command(study_file, dry_run, rerun, only, shard, data_dirs, overrides,
     digest is not run again, so running the command again after an interruption runs only what
     is missing. See docs/study.md.
     """
-    from .. import plugins, runner, tracking
-    from ..config import ConfigError, parse_override
-    from ..lifetime import interrupt_exit_code, interrupt_reason
+    from .. import plugins, runner
     from . import execute, planning
 
     # one line per cell is the output; MLflow would add URL lines and artifact progress bars
@@ -59,19 +59,8 @@ def study_command(study_file, dry_run, rerun, only, shard, data_dirs, overrides,
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if sum([dry_run, report_only]) > 1:
         _fail("--dry-run and --report-only do not go together")
-    try:
-        shard_of = parse_shard(shard) if shard else None
-        values = dict(parse_override(text) for text in overrides)
-        study = load_study(study_file, parse_data_dirs(data_dirs), values, experiment)
-    except (StudyError, ConfigError) as exc:
-        _fail(str(exc).strip("'\""))
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    try:  # a dry run of a study in a folder with no store yet creates none
-        if not (dry_run and uri == tracking.default_tracking_uri()
-                and not (tracking.default_store_dir() / "mlflow.db").exists()):
-            tracking.configure(uri)
-    except tracking.StoreError as exc:
-        _fail(str(exc), 1)
+    study, shard_of = _load(study_file, shard, data_dirs, overrides, experiment)
+    uri = _open_store(tracking_uri, dry_run)
     rank, world = runner._distributed()
     say = (lambda text: None) if rank != 0 else click.echo
     try:
@@ -100,16 +89,7 @@ def study_command(study_file, dry_run, rerun, only, shard, data_dirs, overrides,
             _report(study, planned, uri, out, parent=_existing_parent(study, uri), say=click.echo)
         return
 
-    todo = execute.to_run(mine, rerun)
-    parent_id = None
-    if rank == 0 and todo:
-        parent_id, _ = execute.find_or_create_parent(study, uri)
-    if world > 1:  # torchrun: every rank runs the cells rank 0 chose, in step (runner.run is collective)
-        from ..reproducibility import resolve_device
-
-        runner._init_distributed(resolve_device(device or planned[0].config.get("device", "auto")))
-        chosen = runner._broadcast([[pc.index for pc in todo], parent_id] if rank == 0 else None)
-        todo, parent_id = [planned[i] for i in chosen[0]], chosen[1]
+    todo, parent_id = _choose_cells(study, planned, mine, rerun, uri, rank, world, device)
     if not todo:
         running = [pc for pc in mine if pc.running is not None]
         busy = f"; {len(running)} running in another process now" if running else ""
@@ -124,33 +104,117 @@ def study_command(study_file, dry_run, rerun, only, shard, data_dirs, overrides,
 
     say(f"study {study.name}: {len(planned)} cells, {done} done, {len(todo)} to run{where}; parent MLflow run "
         f"{parent_id} (experiment {study.experiment!r})")
-    width = max(len(pc.name) for pc in todo)
+    run = _StudyRun(study, planned, todo, uri, parent_id, rank, world, out, rerun, quiet, no_report, say)
     started = time.monotonic()
+    outcomes, winner = _run_cells(run)
+    _end_distributed(world)
+    if rank != 0:
+        return
+    _conclude(run, outcomes, winner, started)
+
+
+def _load(study_file, shard, data_dirs, overrides, experiment):
+    """The study of ``study_file`` with the command line's data folders, overrides and
+    experiment, and the shard (None: all cells)."""
+    from ..config import ConfigError, parse_override
+
+    try:
+        shard_of = parse_shard(shard) if shard else None
+        values = dict(parse_override(text) for text in overrides)
+        study = load_study(study_file, parse_data_dirs(data_dirs), values, experiment)
+    except (StudyError, ConfigError) as exc:
+        _fail(str(exc).strip("'\""))
+    return study, shard_of
+
+
+def _open_store(tracking_uri, dry_run: bool) -> str:
+    """The MLflow store's URI, configured (a dry run in a folder with no store yet creates none)."""
+    from .. import tracking
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    try:  # a dry run of a study in a folder with no store yet creates none
+        if not (dry_run and uri == tracking.default_tracking_uri()
+                and not (tracking.default_store_dir() / "mlflow.db").exists()):
+            tracking.configure(uri)
+    except tracking.StoreError as exc:
+        _fail(str(exc), 1)
+    return uri
+
+
+def _choose_cells(study, planned, mine, rerun: bool, uri: str, rank: int, world: int, device):
+    """The cells to run and the study's parent run (found or made by rank 0 when there is work);
+    under torchrun every rank gets the cells rank 0 chose."""
+    from .. import runner
+    from . import execute
+
+    todo = execute.to_run(mine, rerun)
+    parent_id = None
+    if rank == 0 and todo:
+        parent_id, _ = execute.find_or_create_parent(study, uri)
+    if world > 1:  # torchrun: every rank runs the cells rank 0 chose, in step (runner.run is collective)
+        from ..reproducibility import resolve_device
+
+        runner._init_distributed(resolve_device(device or planned[0].config.get("device", "auto")))
+        chosen = runner._broadcast([[pc.index for pc in todo], parent_id] if rank == 0 else None)
+        todo, parent_id = [planned[i] for i in chosen[0]], chosen[1]
+    return todo, parent_id
+
+
+@dataclass
+class _StudyRun:
+    """The cells this process runs: the study, all its planned cells and those to run, the
+    store and the parent run, the torchrun rank and world size, the report and what to say."""
+
+    study: Any
+    planned: list
+    todo: list
+    uri: str
+    parent_id: str | None
+    rank: int
+    world: int
+    out: Path
+    rerun: bool
+    quiet: bool
+    no_report: bool
+    say: Callable[[str], None]
+
+
+def _run_cells(r: _StudyRun) -> tuple[list, str | None]:
+    """Run the cells under the parent run (rank 0 then settles it and writes the report);
+    returns the outcomes and the study's parent run (None on other ranks). Ctrl-C says how far
+    the study got and exits 130 (143 on SIGTERM)."""
+    from .. import tracking
+    from ..lifetime import interrupt_exit_code, interrupt_reason
+    from . import execute, planning
+
+    study, todo, say = r.study, r.todo, r.say
+    width = max(len(pc.name) for pc in todo)
     outcomes: list[execute.Outcome] = []
     current: tuple[int, planning.PlannedCell] | None = None
+    winner = None
     try:
-        with tracking.start_run(study.experiment, uri=uri, resume_run_id=parent_id) if rank == 0 \
+        with tracking.start_run(study.experiment, uri=r.uri, resume_run_id=r.parent_id) if r.rank == 0 \
                 else _nothing() as parent:
             for i, pc in enumerate(todo, 1):
-                if world == 1 and i > 1:  # another process may have run it meanwhile (shards never do)
-                    planning.lookup([pc], uri)
-                    if pc.running is not None or (pc.done is not None and not rerun):
-                        if not quiet:
+                if r.world == 1 and i > 1:  # another process may have run it meanwhile (shards never do)
+                    planning.lookup([pc], r.uri)
+                    if pc.running is not None or (pc.done is not None and not r.rerun):
+                        if not r.quiet:
                             say(f"[{i}/{len(todo)}] {pc.name:<{width}}  skipped: "
                                 f"{'running in another process' if pc.running is not None else 'done meanwhile'}")
                         continue
                 current = (i, pc)
-                outcome = execute.run_cell(study, pc, parent_id, uri)
+                outcome = execute.run_cell(study, pc, r.parent_id, r.uri)
                 pc.outcome, pc.seconds = outcome.status, outcome.seconds
                 outcomes.append(outcome)
-                if not quiet:
+                if not r.quiet:
                     say(execute.progress_line(i, len(todo), pc, outcome, study.report.split, study.report.metric,
                                               width))
             current = None
-            if rank == 0:
-                winner = _finish(study, planned, uri, parent_id, parent, out, no_report, say)
+            if r.rank == 0:
+                winner = _finish(study, r.planned, r.uri, r.parent_id, parent, r.out, r.no_report, say)
     except KeyboardInterrupt as exc:
-        if rank == 0:
+        if r.rank == 0:
             finished = sum(o.status == "FINISHED" for o in outcomes)
             stopped = ""
             if current is not None:
@@ -160,16 +224,20 @@ def study_command(study_file, dry_run, rerun, only, shard, data_dirs, overrides,
             click.echo(f"{interrupt_reason(exc)}: study {study.name} stopped{stopped}; {finished} cell(s) finished "
                        f"before it. Run `derma study {study.path}` again to run only the missing cells.", err=True)
         sys.exit(interrupt_exit_code(exc))
-    _end_distributed(world)
-    if rank != 0:
-        return
-    if winner != parent_id:  # another process's parent run is the study's: this one is left empty
-        tracking.delete_run(parent_id, uri)
+    return outcomes, winner
+
+
+def _conclude(r: _StudyRun, outcomes: list, winner: str, started: float) -> None:
+    """Rank 0 after the cells: drop an empty parent run, say what ran, exit 1 if a cell failed."""
+    from .. import tracking
+
+    if winner != r.parent_id:  # another process's parent run is the study's: this one is left empty
+        tracking.delete_run(r.parent_id, r.uri)
     failed = [o for o in outcomes if o.status == "FAILED"]
-    missing = sum(pc.done is None for pc in planned)
-    say(f"study {study.name}: ran {len(outcomes)} cell(s) in {time.monotonic() - started:.0f} s "
-        f"({len(outcomes) - len(failed)} finished, {len(failed)} failed); the study: "
-        f"{len(planned) - missing} of {len(planned)} cells done; parent MLflow run {winner}")
+    missing = sum(pc.done is None for pc in r.planned)
+    r.say(f"study {r.study.name}: ran {len(outcomes)} cell(s) in {time.monotonic() - started:.0f} s "
+          f"({len(outcomes) - len(failed)} finished, {len(failed)} failed); the study: "
+          f"{len(r.planned) - missing} of {len(r.planned)} cells done; parent MLflow run {winner}")
     if failed:
         sys.exit(1)
 

@@ -415,7 +415,21 @@ def load_study(path: str | os.PathLike, data_dirs: dict[str, str] | None = None,
     if len(set(names)) < len(names):
         raise StudyError(f"{ld.at('axes.dataset')}: two datasets share a name; give each a `name:`")
 
-    # base keys and global axes apply to the backends that have the key; a key none has is an error
+    _check_study_wide(ld, backends, extra, base, global_axes)
+    cells = _grid_cells(ld, backends, datasets, seeds, global_axes, base)
+    by_name = {d.name: d for d in datasets}
+    for where, entry in extra:
+        cells.append(ld.extra_cell(entry, where, base, by_name, datasets, seeds))
+    _check_cells(ld, cells)
+    return Study(name=name, path=path, text=text, experiment=str(experiment or raw.get("experiment") or name),
+                 cells=cells, baseline=_baseline(baseline_raw, cells, f), report=_report(raw.get("report"), f),
+                 title=raw.get("title"), description=str(raw.get("description") or ""))
+
+
+def _check_study_wide(ld: "_Loader", backends: list, extra: list[tuple[str, dict]], base: dict,
+                      global_axes: list[tuple[str, list]]) -> None:
+    """Base keys and global axes apply to the backends that have the key; a key none has is an
+    error, and so is a value one of them refuses."""
     all_plugins = [b.plugin for b in backends]
     for where, entry in extra:
         if "plugin" not in entry:
@@ -433,6 +447,10 @@ def load_study(path: str | os.PathLike, data_dirs: dict[str, str] | None = None,
             for v in values:
                 ld.schemas.check(p, {key: v}, ld.at(where))
 
+
+def _grid_cells(ld: "_Loader", backends: list, datasets: list, seeds: list[int],
+                global_axes: list[tuple[str, list]], base: dict) -> list[Cell]:
+    """The grid's cells: every backend x dataset x combination of its axes x seed."""
     cells: list[Cell] = []
     multi_data = len(datasets) > 1
     for b in backends:
@@ -456,9 +474,13 @@ def load_study(path: str | os.PathLike, data_dirs: dict[str, str] | None = None,
                         layers.append((f"{b.where}.axes.seed" if b.seeds is not None else "axes.seed", {"seed": s}))
                     cells.append(Cell(group + (f"-seed{s}" if len(b_seeds) > 1 else ""), b.plugin, b.label,
                                       d.name if d else "-", s, b.where, group, b.config_file, layers))
-    by_name = {d.name: d for d in datasets}
-    for where, entry in extra:
-        cells.append(ld.extra_cell(entry, where, base, by_name, datasets, seeds))
+    return cells
+
+
+def _check_cells(ld: "_Loader", cells: list[Cell]) -> None:
+    """Every --data-dir names a dataset of the study, a dataset's overrides suit every backend it
+    is run with, and no two cells share a name."""
+    f = ld.f
     known = ld.dataset_names | ld.eval_names
     unknown_dirs = [n for n in ld.data_dirs if n not in known]
     if unknown_dirs:
@@ -476,9 +498,6 @@ def load_study(path: str | os.PathLike, data_dirs: dict[str, str] | None = None,
             raise StudyError(f"{f}: two cells are named {c.name!r} ({seen[c.name]} and {c.origin}); give the "
                              "backends or cells distinct `name:`s")
         seen[c.name] = c.origin
-    return Study(name=name, path=path, text=text, experiment=str(experiment or raw.get("experiment") or name),
-                 cells=cells, baseline=_baseline(baseline_raw, cells, f), report=_report(raw.get("report"), f),
-                 title=raw.get("title"), description=str(raw.get("description") or ""))
 
 
 def _seeds(values: list, where: str) -> list[int]:

@@ -8,8 +8,9 @@ import os
 import sys
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import click
 import yaml
@@ -92,8 +93,7 @@ def tune_command(plugin, space_file, config_file, overrides, n_trials, timeout, 
     """
     import optuna
 
-    from .. import plugins, runner, tracking
-    from ..config import ConfigError, configs_dir
+    from .. import tracking
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # tune prints one line per trial with its run id; MLflow would add two URL lines per run
@@ -115,66 +115,14 @@ def tune_command(plugin, space_file, config_file, overrides, n_trials, timeout, 
 
     # -- --best and --resume work from what the study stored ------------------------------
     if show_best or resume:
-        try:
-            study, _ = open_study(store, study_name, direction or DEFAULT_DIRECTION, None, None, create=False)
-        except TuneError as exc:
-            _fail(f"{exc} (storage {redact(store_url)})")
-        attrs = study.user_attrs
-        if ATTR_SETTINGS not in attrs:
-            _fail(f"study {study_name!r} was not made by `derma tune` (it has no derma settings)")
-        settings = attrs[ATTR_SETTINGS]
-        if plugin and plugin != settings["plugin"]:
-            _fail(f"study {study_name!r} tunes plugin {settings['plugin']!r}, not {plugin!r}")
+        study, settings = _stored_study(store, store_url, study_name, plugin, direction)
         if show_best:
-            try:
-                text = best_config_yaml(study, settings)
-            except TuneError as exc:
-                _fail(str(exc), 1)
-            path = Path(output or f"{study_name}-best.yaml")
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
-            click.echo(text, nl=False)
-            click.echo(f"# written to {path}", err=True)
+            _write_best(study, settings, study_name, output)
             return
-        plugin = settings["plugin"]
-        space = parse_space(settings["space"], settings.get("space_file", "<stored space>"))
-        for name, given, stored in (("--metric", metric, settings["metric"]), ("--direction", direction, settings["direction"])):
-            if given and given != stored:
-                _fail(f"{name} {given} differs from the study's {stored}")
-        changed = bool(overrides or any(v is not None for v in values.values()))
-        try:
-            base = _resolve_stored(settings, overrides, values) if changed else settings["base_config"]
-            _, schema = plugin_schema(plugin)
-        except (ConfigError, plugins.UnknownComponentError) as exc:
-            _fail(str(exc).strip("'\""))
-        if changed and settings.get("classes"):  # this worker's paths must still reach the study's classes
-            try:
-                _same_classes(study_name, settings["classes"], _dataset_classes(runner, base))
-            except TuneError as exc:
-                _fail(str(exc), 1)
-        settings = dict(settings, base_config=base)
+        space, schema, settings = _resumed_settings(study_name, settings, metric, direction, overrides, values)
     else:
-        if not plugin:
-            _fail(f"--plugin is required; installed: {', '.join(sorted(plugins.classifiers()))}")
-        path = Path(space_file) if space_file else configs_dir() / "tune" / f"{plugin}.yaml"
-        if not path.exists():
-            _fail(f"no search space: {path} does not exist; pass --space FILE")
-        try:
-            space = load_space(path)
-            if space.raw.get("plugin") not in (None, plugin):
-                raise TuneError(f"{path}: this space is for plugin {space.raw['plugin']!r}, not {plugin!r}")
-            base = _resolve_base(plugin, config_file, overrides, values)
-            defaults, schema = plugin_schema(plugin)
-            for key, value in space.fixed.items():
-                _check_value(schema, defaults, key, value, f"{path}: fixed.{key}")
-            base = apply_values(base, space.fixed)
-            validate_space(space, schema, defaults, base)
-        except (TuneError, ConfigError, plugins.UnknownComponentError) as exc:
-            _fail(str(exc).strip("'\""))
-        settings = {"plugin": plugin, "metric": metric or space.metric or DEFAULT_METRIC,
-                    "direction": direction or space.direction or DEFAULT_DIRECTION,
-                    "space": space.raw, "space_file": str(path), "base_config": base}
+        space, schema, settings = _new_settings(plugin, space_file, config_file, overrides, values, metric,
+                                                direction)
 
     # --resume keeps the sampler and pruner the study was started with unless told otherwise
     sampler_name = sampler or settings.get("sampler") or space.sampler or "tpe"
@@ -186,92 +134,237 @@ def tune_command(plugin, space_file, config_file, overrides, n_trials, timeout, 
     except TuneError as exc:
         _fail(str(exc))
     study_pruner = make_pruner(pruner_name, space.pruner)
-    uri = tracking.resolve_tracking_uri(tracking_uri or base.get("tracking", {}).get("uri"))
+    uri = tracking.resolve_tracking_uri(tracking_uri or settings["base_config"].get("tracking", {}).get("uri"))
     handler.tracking_uri = uri
-    if not resume:
-        # everything that can fail goes before the study exists, so a failed start leaves no half-made study
-        try:
-            dataset = runner.load_dataset(base)
-        except Exception as exc:
-            _fail(f"cannot load the dataset (it names the MLflow experiment and the study's classes): "
-                  f"{str(exc).splitlines()[0]}", 1)
-        try:  # every trial fits on train and is scored on val: a split it needs without rows stops here
-            runner.check_dataset_splits(dataset, plugins.get_classifier(plugin), "val")
-        except ValueError as exc:
-            _fail(str(exc), 1)
-        exp_name = base.get("tracking", {}).get("experiment") or dataset.name
-        settings["classes"] = list(dataset.label_set.codes)
-        try:
-            tracking.ensure_experiment(exp_name, tracking.configure(uri))
-        except Exception as exc:
-            _fail(f"cannot use the MLflow tracking store {redact(uri)}: {str(exc).splitlines()[0]}", 1)
+    # everything that can fail goes before the study exists, so a failed start leaves no half-made study
+    exp_name = None if resume else _check_before_start(settings, uri)
 
     study, created = open_study(store, study_name, settings["direction"], study_sampler, study_pruner, create=not resume)
-    parent_id = None
+    exp_name, parent_id = _join_study(study, created, study_name, settings, exp_name, resume, uri)
+    session = _Session(study, study_name, settings, space, schema, created, exp_name, parent_id, uri, store_url,
+                       sampler_name, pruner_name)
+    parent_ctx = _parent_context(session)
+    dead = fail_dead_local_trials(study, handler)
+    trials = 20 if n_trials is None and timeout is None else n_trials
+    _run_trials(session, parent_ctx, dead, trials, timeout, _resume_command(study_name, storage, tracking_uri),
+                log_models, quiet)
+
+
+def _stored_study(store, store_url: str, study_name: str, plugin: str | None, direction: str | None):
+    """An existing study made by `derma tune`, and the settings it stored."""
+    try:
+        study, _ = open_study(store, study_name, direction or DEFAULT_DIRECTION, None, None, create=False)
+    except TuneError as exc:
+        _fail(f"{exc} (storage {redact(store_url)})")
+    attrs = study.user_attrs
+    if ATTR_SETTINGS not in attrs:
+        _fail(f"study {study_name!r} was not made by `derma tune` (it has no derma settings)")
+    settings = attrs[ATTR_SETTINGS]
+    if plugin and plugin != settings["plugin"]:
+        _fail(f"study {study_name!r} tunes plugin {settings['plugin']!r}, not {plugin!r}")
+    return study, settings
+
+
+def _write_best(study, settings: dict, study_name: str, output: str | None) -> None:
+    """--best: print the best trial's config YAML and write it to ``output``."""
+    try:
+        text = best_config_yaml(study, settings)
+    except TuneError as exc:
+        _fail(str(exc), 1)
+    path = Path(output or f"{study_name}-best.yaml")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    click.echo(text, nl=False)
+    click.echo(f"# written to {path}", err=True)
+
+
+def _resumed_settings(study_name: str, settings: dict, metric, direction, overrides, values: dict):
+    """--resume: the stored space, the plugin's schema and the stored settings, with this
+    worker's overrides (machine paths) on the stored base config."""
+    from .. import plugins, runner
+    from ..config import ConfigError
+
+    plugin = settings["plugin"]
+    space = parse_space(settings["space"], settings.get("space_file", "<stored space>"))
+    for name, given, stored in (("--metric", metric, settings["metric"]), ("--direction", direction, settings["direction"])):
+        if given and given != stored:
+            _fail(f"{name} {given} differs from the study's {stored}")
+    changed = bool(overrides or any(v is not None for v in values.values()))
+    try:
+        base = _resolve_stored(settings, overrides, values) if changed else settings["base_config"]
+        _, schema = plugin_schema(plugin)
+    except (ConfigError, plugins.UnknownComponentError) as exc:
+        _fail(str(exc).strip("'\""))
+    if changed and settings.get("classes"):  # this worker's paths must still reach the study's classes
+        try:
+            _same_classes(study_name, settings["classes"], _dataset_classes(runner, base))
+        except TuneError as exc:
+            _fail(str(exc), 1)
+    return space, schema, dict(settings, base_config=base)
+
+
+def _new_settings(plugin, space_file, config_file, overrides, values: dict, metric, direction):
+    """A new study: its space (checked against the plugin's schema), the schema and the settings
+    the study stores."""
+    from .. import plugins
+    from ..config import ConfigError, configs_dir
+
+    if not plugin:
+        _fail(f"--plugin is required; installed: {', '.join(sorted(plugins.classifiers()))}")
+    path = Path(space_file) if space_file else configs_dir() / "tune" / f"{plugin}.yaml"
+    if not path.exists():
+        _fail(f"no search space: {path} does not exist; pass --space FILE")
+    try:
+        space = load_space(path)
+        if space.raw.get("plugin") not in (None, plugin):
+            raise TuneError(f"{path}: this space is for plugin {space.raw['plugin']!r}, not {plugin!r}")
+        base = _resolve_base(plugin, config_file, overrides, values)
+        defaults, schema = plugin_schema(plugin)
+        for key, value in space.fixed.items():
+            _check_value(schema, defaults, key, value, f"{path}: fixed.{key}")
+        base = apply_values(base, space.fixed)
+        validate_space(space, schema, defaults, base)
+    except (TuneError, ConfigError, plugins.UnknownComponentError) as exc:
+        _fail(str(exc).strip("'\""))
+    settings = {"plugin": plugin, "metric": metric or space.metric or DEFAULT_METRIC,
+                "direction": direction or space.direction or DEFAULT_DIRECTION,
+                "space": space.raw, "space_file": str(path), "base_config": base}
+    return space, schema, settings
+
+
+def _check_before_start(settings: dict, uri: str) -> str:
+    """Before a new study exists: load the dataset (its classes go into ``settings``), check its
+    splits and the MLflow store; returns the MLflow experiment."""
+    from .. import plugins, runner, tracking
+
+    base = settings["base_config"]
+    try:
+        dataset = runner.load_dataset(base)
+    except Exception as exc:
+        _fail(f"cannot load the dataset (it names the MLflow experiment and the study's classes): "
+              f"{str(exc).splitlines()[0]}", 1)
+    try:  # every trial fits on train and is scored on val: a split it needs without rows stops here
+        runner.check_dataset_splits(dataset, plugins.get_classifier(settings["plugin"]), "val")
+    except ValueError as exc:
+        _fail(str(exc), 1)
+    exp_name = base.get("tracking", {}).get("experiment") or dataset.name
+    settings["classes"] = list(dataset.label_set.codes)
+    try:
+        tracking.ensure_experiment(exp_name, tracking.configure(uri))
+    except Exception as exc:
+        _fail(f"cannot use the MLflow tracking store {redact(uri)}: {str(exc).splitlines()[0]}", 1)
+    return exp_name
+
+
+def _join_study(study, created: bool, study_name: str, settings: dict, exp_name: str | None, resume: bool,
+                uri: str) -> tuple[str, str | None]:
+    """Store the settings of a study this process made, or check this worker against those of
+    the study it joins; returns the study's MLflow experiment and its parent run (None: not made
+    yet)."""
+    from .. import tracking
+
     if created:
         study.set_user_attr(ATTR_SETTINGS, settings)
         study.set_user_attr(ATTR_EXPERIMENT, exp_name)
-    else:
-        try:
-            attrs = wait_for_settings(study)
-        except TuneError as exc:
-            _fail(str(exc))
-        stored = attrs[ATTR_SETTINGS]
-        if not resume:
-            for key in ("plugin", "metric", "direction", "space"):
-                if stored[key] != settings[key]:
-                    _fail(f"study {study_name!r} already exists with a different {key}; use the same options on every "
-                          "worker, `--resume` to continue it as stored, or another --study-name")
-            diff = _differences(stored["base_config"], settings["base_config"])
-            if diff:
-                _fail(f"study {study_name!r} was started with a different config at {', '.join(diff[:8])}; every worker "
-                      "must use the same config (only machine paths may differ), or use --resume")
-            if stored.get("classes"):
-                try:
-                    _same_classes(study_name, stored["classes"], settings["classes"])
-                except TuneError as exc:
-                    _fail(str(exc))
-        exp_name = attrs[ATTR_EXPERIMENT]
-        parent_id = attrs.get(ATTR_PARENT_RUN)  # None: its creator died before making the parent run
-        if parent_id is not None:
+        return exp_name, None
+    try:
+        attrs = wait_for_settings(study)
+    except TuneError as exc:
+        _fail(str(exc))
+    stored = attrs[ATTR_SETTINGS]
+    if not resume:
+        for key in ("plugin", "metric", "direction", "space"):
+            if stored[key] != settings[key]:
+                _fail(f"study {study_name!r} already exists with a different {key}; use the same options on every "
+                      "worker, `--resume` to continue it as stored, or another --study-name")
+        diff = _differences(stored["base_config"], settings["base_config"])
+        if diff:
+            _fail(f"study {study_name!r} was started with a different config at {', '.join(diff[:8])}; every worker "
+                  "must use the same config (only machine paths may differ), or use --resume")
+        if stored.get("classes"):
             try:
-                tracking.get_run(parent_id, uri)
-            except Exception:
-                _fail(f"the study's parent MLflow run {parent_id} is not in {redact(uri)}: every worker must use the "
-                      "same tracking server (--tracking-uri or MLFLOW_TRACKING_URI)")
-    if parent_id is None:
-        parent_ctx = tracking.start_run(exp_name, run_name=study_name, uri=uri, tags={
-            TAG_KIND: "tune_study", TAG_STUDY: study_name, tracking.TAG_PLUGIN: settings["plugin"],
-            "derma.optuna_storage": redact(store_url), tracking.TAG_VERSION: _version(), tracking.TAG_GIT_SHA: tracking.git_sha()})
-    else:
-        parent_ctx = tracking.start_run(exp_name, uri=uri, resume_run_id=parent_id)
+                _same_classes(study_name, stored["classes"], settings["classes"])
+            except TuneError as exc:
+                _fail(str(exc))
+    parent_id = attrs.get(ATTR_PARENT_RUN)  # None: its creator died before making the parent run
+    if parent_id is not None:
+        try:
+            tracking.get_run(parent_id, uri)
+        except Exception:
+            _fail(f"the study's parent MLflow run {parent_id} is not in {redact(uri)}: every worker must use the "
+                  "same tracking server (--tracking-uri or MLFLOW_TRACKING_URI)")
+    return attrs[ATTR_EXPERIMENT], parent_id
 
-    dead = fail_dead_local_trials(study, handler)
-    trials = 20 if n_trials is None and timeout is None else n_trials
+
+@dataclass
+class _Session:
+    """A study this process works on: the study and its settings, its space and the plugin's
+    schema, whether this process made it, where it tracks, and the sampler and pruner used."""
+
+    study: Any
+    name: str
+    settings: dict
+    space: Any
+    schema: Any
+    created: bool
+    experiment: str
+    parent_id: str | None  # the study's parent MLflow run; None: not made yet
+    uri: str
+    store_url: str
+    sampler_name: str
+    pruner_name: str
+
+
+def _parent_context(s: _Session):
+    """The study's parent MLflow run: a new one, or the one the study records, resumed."""
+    from .. import tracking
+
+    if s.parent_id is None:
+        return tracking.start_run(s.experiment, run_name=s.name, uri=s.uri, tags={
+            TAG_KIND: "tune_study", TAG_STUDY: s.name, tracking.TAG_PLUGIN: s.settings["plugin"],
+            "derma.optuna_storage": redact(s.store_url), tracking.TAG_VERSION: _version(),
+            tracking.TAG_GIT_SHA: tracking.git_sha()})
+    return tracking.start_run(s.experiment, uri=s.uri, resume_run_id=s.parent_id)
+
+
+def _log_study(parent, s: _Session) -> None:
+    """The new parent run's parameters, search space and base config."""
+    from ..config import dump_config
+
+    parent.log_params({"study_name": s.name, "plugin": s.settings["plugin"], "metric": s.settings["metric"],
+                       "direction": s.settings["direction"], "sampler": s.sampler_name, "pruner": s.pruner_name})
+    parent.log_text(yaml.safe_dump(s.settings["space"], sort_keys=False), "search_space.yaml")
+    parent.log_text(dump_config(s.settings["base_config"]), "base_config.yaml")
+
+
+def _run_trials(s: _Session, parent_ctx, dead, trials, timeout, resume_command: str, log_models: bool,
+                quiet: bool) -> None:
+    """Run this process's trials under the parent run, summarise the study on it, and print the
+    best trial; a trial error exits 1 after the summary."""
+    from .. import plugins, runner, tracking
+    from ..config import ConfigError
+
+    study, settings = s.study, s.settings
     # Ctrl-C or SIGTERM (lifetime.Terminated) unwinds as KeyboardInterrupt: the trial's run and the parent run
     # are ended KILLED on the way out (tracking.start_run), Optuna marks the trial FAIL; derma's console entry
     # point (cli.main) prints the reason and the account attached here in one line and exits 130 (143)
     running: Objective | None = None
-    parent_run: str | None = parent_id
+    parent_run: str | None = s.parent_id
     try:
         with parent_ctx as parent:
             parent_run = parent.run_id
-            if parent_id is None:
+            if s.parent_id is None:
                 study.set_user_attr(ATTR_PARENT_RUN, parent.run_id)
-                parent.log_params({"study_name": study_name, "plugin": settings["plugin"], "metric": settings["metric"],
-                                   "direction": settings["direction"], "sampler": sampler_name, "pruner": pruner_name})
-                parent.log_text(yaml.safe_dump(settings["space"], sort_keys=False), "search_space.yaml")
-                from ..config import dump_config
-
-                parent.log_text(dump_config(settings["base_config"]), "base_config.yaml")
+                _log_study(parent, s)
             if not quiet:
-                how = "created" if created else "joined"
-                click.echo(f"study {study_name!r} {how} in {redact(store_url)}; parent MLflow run {parent.run_id} "
-                           f"(experiment {exp_name!r}); optimising {settings['metric']} ({settings['direction']})")
+                how = "created" if s.created else "joined"
+                click.echo(f"study {s.name!r} {how} in {redact(s.store_url)}; parent MLflow run {parent.run_id} "
+                           f"(experiment {s.experiment!r}); optimising {settings['metric']} ({settings['direction']})")
                 if dead:
                     click.echo(f"trials {dead} of dead local workers marked FAIL and queued again")
-            objective = Objective(space, settings, schema, parent_run_id=parent.run_id, experiment=exp_name,
-                                  tracking_uri=uri, log_models=log_models, quiet=True)
+            objective = Objective(s.space, settings, s.schema, parent_run_id=parent.run_id, experiment=s.experiment,
+                                  tracking_uri=s.uri, log_models=log_models, quiet=True)
             callbacks = [] if quiet else [_echo_trial(settings["metric"])]
             running = objective
             error: BaseException | None = None
@@ -291,7 +384,7 @@ def tune_command(plugin, space_file, config_file, overrides, n_trials, timeout, 
     except KeyboardInterrupt as exc:
         exc.run_id = None  # type: ignore[attr-defined]  # not a `derma run --resume`: the study goes on
         exc.detail = interrupted_line(study, running.running if running else None, parent_run,  # type: ignore[attr-defined]
-                                      _resume_command(study_name, storage, tracking_uri))
+                                      resume_command)
         raise
     if error is not None:
         _fail(str(error).strip("'\""), 1)

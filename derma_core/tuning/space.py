@@ -124,61 +124,8 @@ def parse_space(data: dict, path: str = "<space>") -> SearchSpace:
     raw_params = data.get("params")
     if not isinstance(raw_params, dict) or not raw_params:
         raise TuneError(f"{path}: `params` must map config keys to ranges, e.g. train.lr: {{float: [1.0e-5, 1.0e-3], log: true}}")
-    params: list[Param] = []
-    seen: set[str] = set()
-    for key, spec in raw_params.items():
-        where = f"{path}: params.{key}"
-        if not isinstance(spec, dict):
-            raise TuneError(f"{where}: expected a mapping such as {{choices: [...]}} or {{float: [low, high]}}")
-        bad = sorted(set(spec) - _PARAM_FIELDS)
-        if bad:
-            raise TuneError(f"{where}: unknown field(s) {bad}; allowed: {', '.join(sorted(_PARAM_FIELDS))}")
-        kinds = [k for k in ("choices", "float", "int") if k in spec]
-        if len(kinds) != 1:
-            raise TuneError(f"{where}: give exactly one of choices: [...], float: [low, high], int: [low, high]")
-        kind = kinds[0]
-        param = Param(key=str(key), kind="categorical" if kind == "choices" else kind,
-                      log=bool(spec.get("log", False)), multiple_of=spec.get("multiple_of"))
-        if kind == "choices":
-            choices = spec["choices"]
-            if not isinstance(choices, list) or not choices:
-                raise TuneError(f"{where}: choices must be a non-empty list")
-            if any(not (c is None or isinstance(c, (bool, int, float, str))) for c in choices):
-                raise TuneError(f"{where}: choices must be numbers, strings, booleans or null")
-            param.choices = choices
-        else:
-            bounds = spec[kind]
-            if not isinstance(bounds, list) or len(bounds) != 2:
-                raise TuneError(f"{where}: {kind} must be [low, high]")
-            low, high = (_number(b, f"{where}.{kind}") for b in bounds)
-            if kind == "int" and (not float(low).is_integer() or not float(high).is_integer()):
-                raise TuneError(f"{where}: int bounds must be whole numbers, got {bounds}")
-            if low >= high:
-                raise TuneError(f"{where}: low {low} must be below high {high}")
-            if param.log and low <= 0:
-                raise TuneError(f"{where}: a log range needs low > 0, got {low}")
-            param.low, param.high = (int(low), int(high)) if kind == "int" else (float(low), float(high))
-            if "step" in spec:
-                param.step = _number(spec["step"], f"{where}.step")
-                if param.log:
-                    raise TuneError(f"{where}: step and log cannot be combined")
-            if "grid" in spec:
-                grid = spec["grid"]
-                if not isinstance(grid, list) or not grid:
-                    raise TuneError(f"{where}: grid must be a non-empty list")
-                param.grid = [_number(g, f"{where}.grid") for g in grid]
-                outside = [g for g in param.grid if not low <= g <= high]
-                if outside:
-                    raise TuneError(f"{where}: grid values {outside} lie outside [{low}, {high}]")
-        when = spec.get("when") or {}
-        if not isinstance(when, dict):
-            raise TuneError(f"{where}: when must map another parameter's key to a value or list of values")
-        for other, allowed in when.items():
-            param.when[str(other)] = allowed if isinstance(allowed, list) else [allowed]
-        if param.multiple_of is not None and not isinstance(param.multiple_of, str):
-            raise TuneError(f"{where}: multiple_of must be a config key")
-        seen.add(str(key))
-        params.append(param)
+    params = [_parse_param(key, spec, f"{path}: params.{key}") for key, spec in raw_params.items()]
+    seen = {str(key) for key in raw_params}
     params = _dependency_order(params, path)
     fixed = data.get("fixed") or {}
     if not isinstance(fixed, dict):
@@ -186,15 +133,7 @@ def parse_space(data: dict, path: str = "<space>") -> SearchSpace:
     overlap = sorted(set(fixed) & seen)
     if overlap:
         raise TuneError(f"{path}: {overlap} are both fixed and searched")
-    pruner = data.get("pruner")
-    if isinstance(pruner, str):
-        pruner = {"name": pruner}
-    if pruner is not None:
-        if not isinstance(pruner, dict) or pruner.get("name", "median") not in PRUNERS:
-            raise TuneError(f"{path}: pruner must be one of {', '.join(PRUNERS)} or {{name: median, n_startup_trials: N, n_warmup_steps: N}}")
-        extra = sorted(set(pruner) - {"name", "n_startup_trials", "n_warmup_steps", "interval_steps"})
-        if extra:
-            raise TuneError(f"{path}: pruner: unknown option(s) {extra}")
+    pruner = _parse_pruner(data.get("pruner"), path)
     direction = data.get("direction")
     if direction is not None and direction not in ("maximize", "minimize"):
         raise TuneError(f"{path}: direction must be maximize or minimize, got {direction!r}")
@@ -203,6 +142,78 @@ def parse_space(data: dict, path: str = "<space>") -> SearchSpace:
         raise TuneError(f"{path}: sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     return SearchSpace(path=path, params=params, fixed=dict(fixed), metric=data.get("metric"),
                        direction=direction, sampler=sampler, pruner=pruner, raw=copy.deepcopy(data))
+
+
+def _parse_param(key, spec, where: str) -> Param:
+    """One entry of `params`: choices, or a float or int range; `when` and `multiple_of`."""
+    if not isinstance(spec, dict):
+        raise TuneError(f"{where}: expected a mapping such as {{choices: [...]}} or {{float: [low, high]}}")
+    bad = sorted(set(spec) - _PARAM_FIELDS)
+    if bad:
+        raise TuneError(f"{where}: unknown field(s) {bad}; allowed: {', '.join(sorted(_PARAM_FIELDS))}")
+    kinds = [k for k in ("choices", "float", "int") if k in spec]
+    if len(kinds) != 1:
+        raise TuneError(f"{where}: give exactly one of choices: [...], float: [low, high], int: [low, high]")
+    kind = kinds[0]
+    param = Param(key=str(key), kind="categorical" if kind == "choices" else kind,
+                  log=bool(spec.get("log", False)), multiple_of=spec.get("multiple_of"))
+    if kind == "choices":
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise TuneError(f"{where}: choices must be a non-empty list")
+        if any(not (c is None or isinstance(c, (bool, int, float, str))) for c in choices):
+            raise TuneError(f"{where}: choices must be numbers, strings, booleans or null")
+        param.choices = choices
+    else:
+        _parse_range(param, spec, kind, where)
+    when = spec.get("when") or {}
+    if not isinstance(when, dict):
+        raise TuneError(f"{where}: when must map another parameter's key to a value or list of values")
+    for other, allowed in when.items():
+        param.when[str(other)] = allowed if isinstance(allowed, list) else [allowed]
+    if param.multiple_of is not None and not isinstance(param.multiple_of, str):
+        raise TuneError(f"{where}: multiple_of must be a config key")
+    return param
+
+
+def _parse_range(param: Param, spec: dict, kind: str, where: str) -> None:
+    """A float or int range's bounds, step and grid, into ``param``."""
+    bounds = spec[kind]
+    if not isinstance(bounds, list) or len(bounds) != 2:
+        raise TuneError(f"{where}: {kind} must be [low, high]")
+    low, high = (_number(b, f"{where}.{kind}") for b in bounds)
+    if kind == "int" and (not float(low).is_integer() or not float(high).is_integer()):
+        raise TuneError(f"{where}: int bounds must be whole numbers, got {bounds}")
+    if low >= high:
+        raise TuneError(f"{where}: low {low} must be below high {high}")
+    if param.log and low <= 0:
+        raise TuneError(f"{where}: a log range needs low > 0, got {low}")
+    param.low, param.high = (int(low), int(high)) if kind == "int" else (float(low), float(high))
+    if "step" in spec:
+        param.step = _number(spec["step"], f"{where}.step")
+        if param.log:
+            raise TuneError(f"{where}: step and log cannot be combined")
+    if "grid" in spec:
+        grid = spec["grid"]
+        if not isinstance(grid, list) or not grid:
+            raise TuneError(f"{where}: grid must be a non-empty list")
+        param.grid = [_number(g, f"{where}.grid") for g in grid]
+        outside = [g for g in param.grid if not low <= g <= high]
+        if outside:
+            raise TuneError(f"{where}: grid values {outside} lie outside [{low}, {high}]")
+
+
+def _parse_pruner(pruner, path: str) -> dict | None:
+    """The `pruner` section: a name, or a mapping with a name and its options (None: not given)."""
+    if isinstance(pruner, str):
+        pruner = {"name": pruner}
+    if pruner is not None:
+        if not isinstance(pruner, dict) or pruner.get("name", "median") not in PRUNERS:
+            raise TuneError(f"{path}: pruner must be one of {', '.join(PRUNERS)} or {{name: median, n_startup_trials: N, n_warmup_steps: N}}")
+        extra = sorted(set(pruner) - {"name", "n_startup_trials", "n_warmup_steps", "interval_steps"})
+        if extra:
+            raise TuneError(f"{path}: pruner: unknown option(s) {extra}")
+    return pruner
 
 
 def _dependency_order(params: list[Param], path: str) -> list[Param]:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,11 +168,6 @@ def _resize_rows(weight, rows: int):
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, vision_tower: str | None = None,
                        vision_source: str = "auto", overwrite: bool = False) -> Path:
     """Convert the original checkpoint folder ``src`` into the HF folder ``dst`` (written atomically)."""
-    import torch
-    from huggingface_hub import split_torch_state_dict_into_shards
-    from safetensors.torch import save_file
-    from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlavaConfig, MistralConfig
-
     src, dst = Path(src), Path(dst)
     if dst.exists() and any(dst.iterdir()) and not overwrite:
         raise ConversionError(f"{dst} exists and is not empty; choose another folder or pass --force")
@@ -195,8 +191,35 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, vision_to
     weights = load_weights(weight_files(src))
     vocab = int(cfg.get("vocab_size", weights["model.embed_tokens.weight"].shape[0]))
     dtype = weights["model.embed_tokens.weight"].dtype
+    vision = _vision_part(src, tower_name, weights, vision_source, dtype)
+    tokenizer = _tokenizer(src, vocab)
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    new_vocab = max(vocab, image_token_id + 1)
+    config = _llava_config(cfg, vision.config, select, image_token_id, new_vocab, dtype)
+    state = _native_state(src, weights, vision.state, config, new_vocab, dtype)
+    record = {"source": str(src.resolve()), "converter_version": CONVERTER_VERSION, "vision_weights": vision.used,
+              "vision_tower": tower_name, "image_token_id": image_token_id, "original_vocab_size": vocab}
+    _write_folder(dst, state, config, tokenizer, vision, cfg, record)
+    return dst
 
-    # -- vision tower: config, weights and preprocessing ------------------------------------
+
+@dataclass
+class _Vision:
+    """The vision tower of a conversion: its config and weights, which weights were used (for
+    derma_convert.json), its preprocessing config and crop size."""
+
+    config: Any
+    state: dict
+    used: str
+    pre: dict
+    crop: int
+
+
+def _vision_part(src: Path, tower_name: str, weights: dict, vision_source: str, dtype) -> _Vision:
+    """The vision tower's config, weights (the named CLIP model's, or the checkpoint's copy) and
+    preprocessing."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
     tower_dir = _tower_folder(tower_name, src)
     if tower_dir is not None and (tower_dir / "config.json").exists():
         vision_config = CLIPVisionConfig.from_pretrained(tower_dir)
@@ -223,14 +246,16 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, vision_to
         pre = json.loads((tower_dir / "preprocessor_config.json").read_text())
     crop = pre.get("crop_size", vision_config.image_size)
     crop = crop.get("height", vision_config.image_size) if isinstance(crop, dict) else int(crop)
+    return _Vision(vision_config, vision_sd, used, pre, crop)
 
-    # -- text model config -------------------------------------------------------------------
-    tokenizer = _tokenizer(src, vocab)
-    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    new_vocab = max(vocab, image_token_id + 1)
+
+def _llava_config(cfg: dict, vision_config, select: str, image_token_id: int, new_vocab: int, dtype):
+    """The native LlavaConfig, with the text model's fields carried over exactly."""
+    from transformers import LlamaConfig, LlavaConfig, MistralConfig
+
     text_kwargs = {k: cfg[k] for k in _TEXT_KEYS if k in cfg}
     text_kwargs["rope_parameters"] = {"rope_type": "default", "rope_theta": float(cfg.get("rope_theta", 10000.0))}
-    text_cls = LlamaConfig if model_type == "llava_llama" else MistralConfig
+    text_cls = LlamaConfig if cfg.get("model_type") == "llava_llama" else MistralConfig
     if text_cls is MistralConfig:
         text_kwargs.setdefault("sliding_window", None)
     text_config = text_cls(vocab_size=new_vocab, tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
@@ -242,8 +267,15 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, vision_to
                          vision_feature_select_strategy="full" if select == "cls_patch" else "default",
                          multimodal_projector_bias=True, tie_word_embeddings=False)
     config.dtype = dtype
+    return config
 
-    # -- state dict ---------------------------------------------------------------------------
+
+def _native_state(src: Path, weights: dict, vision_sd: dict, config, new_vocab: int, dtype) -> dict[str, Any]:
+    """The native state dict (keys mapped, embedding and lm_head resized for ``<image>``),
+    checked key by key and shape by shape against the architecture."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
     state: dict[str, Any] = {}
     for key, value in weights.items():
         new = map_text_key(key)
@@ -255,8 +287,6 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, vision_to
         if key not in state:
             raise ConversionError(f"{src}: missing {key.replace('model.language_model.', 'model.')}")
         state[key] = _resize_rows(state[key], new_vocab)
-    from transformers import LlavaForConditionalGeneration
-
     with torch.device("meta"):
         expected = LlavaForConditionalGeneration(config).state_dict()
     missing = sorted(set(expected) - set(state))
@@ -267,6 +297,15 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, vision_to
     for key, value in state.items():
         if tuple(value.shape) != tuple(expected[key].shape):
             raise ConversionError(f"{src}: {key} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}")
+    return state
+
+
+def _write_folder(dst: Path, state: dict, config, tokenizer, vision: _Vision, cfg: dict, record: dict) -> None:
+    """The HF folder, atomically: safetensors shards, config, generation config, processor and
+    derma_convert.json (``record``)."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig
 
     with atomic_dir(dst, keep_existing=False) as tmp:
         split = split_torch_state_dict_into_shards(state, max_shard_size="5GB")
@@ -276,20 +315,16 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, vision_to
             (tmp / "model.safetensors.index.json").write_text(json.dumps(
                 {"metadata": {}, "weight_map": split.tensor_to_filename}, indent=2))
         config.save_pretrained(tmp)
-        from transformers import GenerationConfig
-
         GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.eos_token_id, do_sample=False).save_pretrained(tmp)
-        processor = make_processor(tokenizer, crop, vision_config.patch_size, pre.get("image_mean"), pre.get("image_std"))
+        processor = make_processor(tokenizer, vision.crop, vision.config.patch_size, vision.pre.get("image_mean"),
+                                   vision.pre.get("image_std"))
         processor.chat_template = CHAT_TEMPLATE
         processor.tokenizer.chat_template = CHAT_TEMPLATE
         if not cfg.get("image_aspect_ratio", "pad") == "pad":
             processor.image_processor.do_pad = False
         processor.save_pretrained(tmp)
-        (tmp / "derma_convert.json").write_text(json.dumps({
-            "source": str(src.resolve()), "converter_version": CONVERTER_VERSION, "vision_weights": used,
-            "vision_tower": tower_name, "image_token_id": image_token_id, "original_vocab_size": vocab}, indent=2))
-    return dst
+        (tmp / "derma_convert.json").write_text(json.dumps(record, indent=2))
 
 
 def _source_key(src: Path, vision_tower: str | None) -> str:

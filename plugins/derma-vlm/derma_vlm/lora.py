@@ -175,15 +175,48 @@ class VlmLoraClassifier(VlmClassifier):
                                    "trained on its classes")
 
     def _train(self, train: Split, val: Split, ctx: RunContext, out: Path) -> None:
-        from transformers import EarlyStoppingCallback
-        from transformers.trainer_utils import get_last_checkpoint
-
-        from .training import (AnswerOnlyCollator, AnswerOnlyDataset, build_lora_model,
-                               make_run_context_callback, make_trainer_class, trainable_summary)
+        from .training import AnswerOnlyDataset
 
         started = time.perf_counter()
         loaded = self.load_base(self.config, ctx.device)
         self.base_model_id = loaded.model_id
+        model, counts = self._lora_model(loaded, ctx)
+        label_set = train.label_set
+        question = self.question(label_set)
+        max_length = self._c("train.max_length")
+        train_ds = AnswerOnlyDataset(train, loaded.codec, question, max_length)
+        val_ds = AnswerOnlyDataset(val, loaded.codec, question, max_length)
+        weights = self._loss_class_weights(train, ctx)
+        args = self._training_arguments(ctx, Path(ctx.work_dir) / CHECKPOINT_DIR, loaded.policy, len(train_ds))
+        trainer, reporter = self._trainer(model, args, loaded, train_ds, val_ds, weights, val, question, ctx)
+        state, best_epoch = self._run_trainer(trainer, args, reporter, counts, ctx)
+        if ctx.is_main_process:
+            summary = {"lora_train_seconds": time.perf_counter() - started}
+            if state.best_metric is not None:
+                summary["best_val_macro_f1"] = float(state.best_metric)
+            if best_epoch is not None:
+                summary["best_epoch"] = float(best_epoch)
+            ctx.log_metrics(summary)
+            self._save_adapter(model, out, loaded.model_id, ctx, label_set)
+            if not self._c("train.keep_checkpoints", False):
+                shutil.rmtree(args.output_dir, ignore_errors=True)
+        if ctx.world_size > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.barrier()
+        self.trained = (model, dataclasses.replace(loaded, model=_unwrap_peft(model)))
+        del trainer
+        self._use_adapter(out, ctx, trained_here=True, label_set=label_set)
+        if self._c("merge", False) and ctx.is_main_process:
+            self.release_training_model()
+            self.export_merged(ctx)
+
+    def _lora_model(self, loaded, ctx: RunContext):
+        """The base model with LoRA adapters (and the trainable projector), and its trainable
+        parameter counts; the base model and the counts are logged."""
+        from .training import build_lora_model, trainable_summary
+
         quantized = bool(self._c("quantization"))
         gc_on = bool(self._c("train.gradient_checkpointing", True))
         model = build_lora_model(loaded.model, r=self._c("lora.r", 128), alpha=self._c("lora.alpha", 256),
@@ -200,14 +233,12 @@ class VlmLoraClassifier(VlmClassifier):
             ctx.tracker.log_params({"base_model": loaded.model_id, **self._train_params(),
                                     "trainable_lora_params": counts["lora"],
                                     "trainable_projector_params": counts["projector"]})
+        return model, counts
 
+    def _loss_class_weights(self, train: Split, ctx: RunContext):
+        """The core's class weights (one formula for every trained backend): `balanced` is
+        N / (K * count_c), capped when class_weighting.cap is set; None without weighting."""
         label_set = train.label_set
-        question = self.question(label_set)
-        max_length = self._c("train.max_length")
-        train_ds = AnswerOnlyDataset(train, loaded.codec, question, max_length)
-        val_ds = AnswerOnlyDataset(val, loaded.codec, question, max_length)
-        # the core's class weights (one formula for every trained backend): `balanced` is N / (K * count_c),
-        # capped when class_weighting.cap is set
         mode, cap = self._c("class_weighting.mode", "none"), self._c("class_weighting.cap")
         if mode == "balanced" and cap is not None:
             mode = "capped"
@@ -215,8 +246,15 @@ class VlmLoraClassifier(VlmClassifier):
         if weights is not None and ctx.is_main_process:
             ctx.tracker.log_params({f"class_weight_{label}": round(float(w), 4)
                                     for label, w in zip(label_set.codes, weights)})
+        return weights
 
-        args = self._training_arguments(ctx, Path(ctx.work_dir) / CHECKPOINT_DIR, loaded.policy, len(train_ds))
+    def _trainer(self, model, args, loaded, train_ds, val_ds, weights, val: Split, question, ctx: RunContext):
+        """The Trainer (reporting into the run, with early stopping when train.patience is set)
+        and its reporting callback."""
+        from transformers import EarlyStoppingCallback
+
+        from .training import AnswerOnlyCollator, make_run_context_callback, make_trainer_class
+
         Trainer = make_trainer_class()
         reporter = make_run_context_callback(ctx)
         callbacks = [reporter, *self.extra_callbacks]
@@ -229,6 +267,13 @@ class VlmLoraClassifier(VlmClassifier):
                           balanced_sampler=(self._c("train.sampler", "none") == "balanced"),
                           label_scorer=self._label_scorer(loaded, val, question, ctx),
                           trainable_modules=self.trainable_modules, dtype_policy=loaded.policy)
+        return trainer, reporter
+
+    def _run_trainer(self, trainer, args, reporter, counts: dict, ctx: RunContext):
+        """Train (resuming from the last checkpoint on a resumed run); records ``train_info`` and
+        returns the trainer's state and the best epoch (None: none selected)."""
+        from transformers.trainer_utils import get_last_checkpoint
+
         resume_from = None
         if ctx.resume and Path(args.output_dir).exists():
             resume_from = get_last_checkpoint(args.output_dir)
@@ -253,27 +298,7 @@ class VlmLoraClassifier(VlmClassifier):
             "eval_history": [{"epoch": epoch, **metrics} for epoch, metrics in reporter.history],
             **{f"trainable_{k}": v for k, v in counts.items()},
         }
-        if ctx.is_main_process:
-            summary = {"lora_train_seconds": time.perf_counter() - started}
-            if state.best_metric is not None:
-                summary["best_val_macro_f1"] = float(state.best_metric)
-            if best_epoch is not None:
-                summary["best_epoch"] = float(best_epoch)
-            ctx.log_metrics(summary)
-            self._save_adapter(model, out, loaded.model_id, ctx, label_set)
-            if not self._c("train.keep_checkpoints", False):
-                shutil.rmtree(args.output_dir, ignore_errors=True)
-        if ctx.world_size > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.barrier()
-        self.trained = (model, dataclasses.replace(loaded, model=_unwrap_peft(model)))
-        del trainer
-        self._use_adapter(out, ctx, trained_here=True, label_set=label_set)
-        if self._c("merge", False) and ctx.is_main_process:
-            self.release_training_model()
-            self.export_merged(ctx)
+        return state, best_epoch
 
     def _train_params(self) -> dict[str, Any]:
         keys = ("lora.target_modules", "train.projector_lr", "train.grad_accum", "train.warmup_ratio",

@@ -239,6 +239,7 @@ class AnswerOnlyCollator:
 
 
 # -- trainer --------------------------------------------------------------------------------------
+# long: one class statement (defined here so importing this module does not import transformers); each method is short
 def make_trainer_class():
     """The Trainer subclass (built lazily so importing this module does not import transformers)."""
     import torch

@@ -55,3 +55,24 @@ def test_no_plugin_imports_another_plugins_internals():
                 if top in packages and top != name and top not in declared.get(name, set()):
                     offenders.append(f"{path.relative_to(REPO)}:{line} imports {module}")
     assert not offenders, "\n".join(offenders)
+
+
+#: The most lines a function of the package code may span without saying why.
+LONGEST = 80
+
+
+def test_no_long_function_without_a_reason():
+    """A function over LONGEST lines (def to last line) is split by what it does, or carries a
+    ``# long: <reason>`` comment on the line above its def (or its decorators)."""
+    offenders = []
+    for root in CODE[:-2]:  # the core and the plugin packages (benchmarks and scripts aside)
+        for path in sorted(root.rglob("*.py")):
+            lines = path.read_text(encoding="utf-8").splitlines()
+            for node in ast.walk(ast.parse("\n".join(lines))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    span = node.end_lineno - node.lineno + 1
+                    first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                    above = lines[first - 2].strip() if first >= 2 else ""
+                    if span > LONGEST and not above.startswith("# long:"):
+                        offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({span} lines)")
+    assert not offenders, "\n".join(offenders)

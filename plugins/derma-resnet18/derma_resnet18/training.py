@@ -230,12 +230,12 @@ def train(model: nn.Module, train_set: SplitImages, val_set: SplitImages, recipe
             if early and epoch < recipe.epochs:
                 _note(rt, f"early stop after epoch {epoch}: no val macro-F1 gain for {recipe.patience} epochs")
     except KeyboardInterrupt:
-        # a tuning trial (ctx.reporter set) is resumed through its study, not `derma run --resume`: derma tune says how
-        if rt.rank == 0 and ctx.reporter is None:
+        # what the backend knows (which checkpoint is kept); how to continue is said once, by the command
+        # that was interrupted (`derma run --resume RUN`, or `derma tune ... --resume` for a trial)
+        if rt.rank == 0:
             kept = f"the checkpoint of epoch {saved_epoch} is kept at {ckpt_file}" if saved_epoch else \
                 "no epoch finished, so there is no checkpoint"
-            run = getattr(ctx.tracker, "run_id", "") or "RUN_ID"
-            _note(rt, f"interrupted: {kept}; continue with `derma run --resume {run}`")
+            _note(rt, f"interrupted: {kept}")
         raise
     if state.best_model is not None:
         model.load_state_dict(state.best_model)

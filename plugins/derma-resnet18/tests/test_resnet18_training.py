@@ -195,7 +195,7 @@ def test_ctrl_c_keeps_the_checkpoint_and_resume_matches(store, synthetic_cache, 
     ckpt = Path(config["output"]["work_dir"]) / run_id / "checkpoint.pt"
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1
     err = capsys.readouterr().err
-    assert "interrupted: the checkpoint of epoch 1 is kept" in err and f"derma run --resume {run_id}" in err
+    assert "interrupted: the checkpoint of epoch 1 is kept" in err  # the CLI adds `derma run --resume RUN`
     assert _client().get_run(run_id).info.status == "KILLED"
     runner.run(config, resume_run_id=run_id)
     assert _client().get_run(run_id).info.status == "FINISHED"

@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import hookimpl
 from .data.datasets.ham10000 import require_ham10000
 from .labels import LabelSet
 from .textio import TextEncodingError, encoding_option, open_text
@@ -695,8 +694,3 @@ def sweep_prompts(plugin: str, prompts: list[str], config_file=None, overrides=(
         parent.log_figure(fig, "figures/prompt_sensitivity.png")
         parent_id = parent.run_id
     return {"parent_run_id": parent_id, "rows": rows, "split": split}
-
-
-@hookimpl
-def register_commands(cli):
-    _register(cli)

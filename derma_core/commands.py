@@ -8,7 +8,6 @@ import sys
 
 import click
 
-from . import hookimpl
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -218,15 +217,3 @@ def ui_command(tracking_uri, host, port, workers):
         url = tracking.ui_url(uri, exp.experiment_id, view=tracking.has_runs_view(exp), base=base)
         click.echo(f"  {exp.name}: {url}")
     sys.exit(tracking.serve_ui(tracking_uri, host, port, workers))
-
-
-@hookimpl
-def register_commands(cli):
-    cli.add_command(run_command)
-    cli.add_command(plugins_command)
-    cli.add_command(ui_command)
-    from .data.overlap import overlap_command_factory
-    from .evaluation.external import eval_predictions_command_factory
-
-    cli.add_command(overlap_command_factory())
-    cli.add_command(eval_predictions_command_factory())

@@ -36,12 +36,7 @@ DEFAULT_PLUGINS = (
     "derma_core.prompts",
     "derma_core.evaluation",
     "derma_core.data.sources",
-    "derma_core.commands",
-    "derma_core.data.commands",
-    "derma_core.answers",
-    "derma_core.tuning",
-    "derma_core.study",
-    "derma_core.runs",
+    "derma_core.cli",
 )
 
 pm = pluggy.PluginManager(GROUP)

@@ -15,7 +15,6 @@ import sys
 
 import click
 
-from . import hookimpl
 from .lifetime import pid_alive, process_start
 
 ALIVE = "running"
@@ -203,8 +202,3 @@ def runs_command(experiment, status, end_stale_flag, tracking_uri, limit, as_jso
     if stale:
         click.echo(f"{stale} run(s) RUNNING with their process gone: `derma runs --end-stale` ends them as KILLED, "
                    "`derma run --resume RUN_ID` continues one", err=True)
-
-
-@hookimpl
-def register_commands(cli):
-    cli.add_command(runs_command)

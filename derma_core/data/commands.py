@@ -10,7 +10,6 @@ from pathlib import Path
 
 import click
 
-from .. import hookimpl
 from ..textio import encoding_option
 
 
@@ -263,12 +262,3 @@ def vqa_command(prepared, prompt_name, fmt, split, out_file):
     except (UnknownComponentError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc).strip("'\""))
     click.echo(str(path))
-
-
-@hookimpl
-def register_commands(cli):
-    cli.add_command(prep_command)
-    cli.add_command(synth_command)
-    cli.add_command(download_command)
-    cli.add_command(datasets_command)
-    cli.add_command(vqa_command)

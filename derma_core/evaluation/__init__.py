@@ -19,12 +19,3 @@ def register_evaluators(register):
 
     for name, builtin in EVALUATORS.items():
         register(name, builtin.evaluator, needs_reference=builtin.needs_reference)
-
-
-@hookimpl
-def register_commands(cli):
-    from ..report import report_command
-    from .compare import compare_command
-
-    cli.add_command(compare_command)
-    cli.add_command(report_command)

@@ -12,7 +12,6 @@ See docs/study.md.
 
 from __future__ import annotations
 
-from .. import hookimpl
 from .cli import study_command
 from .planning import (KIND_CELL, KIND_STUDY, TAG_CELL, TAG_CELL_ID, TAG_CODE_VERSION, TAG_STUDY, PlannedCell,
                    cell_identity, code_version, identity_config, lookup, plan, resolve_cell)
@@ -24,8 +23,3 @@ __all__ = [
     "PlannedCell", "cell_identity", "code_version", "identity_config", "lookup", "plan", "resolve_cell",
     "KIND_CELL", "KIND_STUDY", "TAG_CELL", "TAG_CELL_ID", "TAG_CODE_VERSION", "TAG_STUDY",
 ]
-
-
-@hookimpl
-def register_commands(cli):
-    cli.add_command(study_command)

@@ -43,7 +43,6 @@ MLflow run FAILED) and queued again (``--max-retry``).
 
 from __future__ import annotations
 
-from .. import hookimpl
 from .cli import tune_command
 from .space import (PRUNERS, SAMPLERS, Param, SearchSpace, TuneError, apply_values, load_space, parse_space,
                     plugin_schema, validate_space)
@@ -94,9 +93,3 @@ __all__ = [
     "summarize",
     "trial_config",
 ]
-
-
-
-@hookimpl
-def register_commands(cli):
-    cli.add_command(tune_command)

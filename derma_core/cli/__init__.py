@@ -1,5 +1,10 @@
-"""The ``derma`` command line. Commands come from plugins through ``register_commands``,
-the core's own included (``derma_core.commands``, ``derma_core.data.commands``, ...)."""
+"""The ``derma`` command line: the group, the console script, and the one place where the core's
+commands are registered.
+
+Every command, the core's and a plugin's, arrives through the ``register_commands`` hook; the
+core's all arrive through :func:`register_commands` below (``derma_core.cli`` is one of the core's
+default plugins), each a module-level ``@click.command`` defined in this package or in the module
+that owns its concept. A new core command is written as such a command and added to that list."""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import sys
 
 import click
 
-from . import __version__
+from .. import __version__, hookimpl
 
 
 class DermaGroup(click.Group):
@@ -19,7 +24,7 @@ class DermaGroup(click.Group):
         if DermaGroup._plugins_loaded:
             return
         DermaGroup._plugins_loaded = True
-        from . import plugins
+        from .. import plugins
 
         plugins.load_plugins()
         for impl in plugins.pm.hook.register_commands.get_hookimpls():
@@ -51,7 +56,7 @@ def cli() -> None:
 def main() -> None:
     """The console script: click's own handling, except that Ctrl-C exits 130 and SIGTERM 143
     with one line saying what was kept (click would print "Aborted!" and exit 1)."""
-    from .lifetime import interrupt_exit_code, interrupt_reason, raise_on_sigterm
+    from ..lifetime import interrupt_exit_code, interrupt_reason, raise_on_sigterm
 
     raise_on_sigterm()
     try:
@@ -76,5 +81,24 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+@hookimpl
+def register_commands(cli):
+    """The core's commands, all of them, in the order ``derma --help`` lists them (alphabetical)."""
+    from ..answers import _register as register_answer_commands  # TODO(answers split): plain commands
+    from ..commands import plugins_command, run_command, ui_command
+    from ..data.commands import (datasets_command, download_command, prep_command, synth_command,
+                                 vqa_command)
+    from ..data.overlap import overlap_command_factory
+    from ..evaluation.compare import compare_command
+    from ..evaluation.external import eval_predictions_command_factory
+    from ..report import report_command
+    from ..runs import runs_command
+    from ..study.cli import study_command
+    from ..tuning.cli import tune_command
+
+    for command in (run_command, plugins_command, ui_command, prep_command, synth_command, download_command,
+                    datasets_command, vqa_command, overlap_command_factory(), eval_predictions_command_factory(), compare_command,
+                    report_command, tune_command, study_command,
+                    runs_command):
+        cli.add_command(command)
+    register_answer_commands(cli)

@@ -8,7 +8,7 @@ classes: the per-class tables come one per label set, and paired tests are only 
 runs over the same classes and the same images (the report says why otherwise).
 No metric a run logged is recomputed; the only numbers computed here are the paired tests
 against the baseline run, which no single run can log (they come from
-:func:`derma_core.evaluation.compare.paired_comparison` on the two runs' predictions tables).
+:func:`derma_core.evaluation.paired.paired_comparison` on the two runs' predictions tables).
 
 The HTML embeds its figures as base64 PNGs, has inline CSS only, no script, and a
 Content-Security-Policy that forbids any fetch, so it renders the same offline, in a supplement.
@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import click
 import pandas as pd
 
-from .evaluation.compare import (PairingError, RunRecord, describe_classes, group_unit, key_params, metric_cell,
-                                 paired_comparison, paired_table, predictions_artifact, render_markdown, runs_frame,
-                                 summary_metrics, table_label_set)
+from . import tracking
+from .evaluation.compare import paired_table, summary_metrics
+from .evaluation.paired import GROUP_COLUMNS, PairingError, paired_comparison, table_label_set
+from .evaluation.records import (RunRecord, get_record, group_unit, key_params, load_records, predictions_artifact,
+                                 runs_frame)
+from .evaluation.tables import (count, describe_classes, metric_cell, number, render_html, render_markdown, run_label,
+                                text_cell)
 from .labels import LabelSet
 
 #: Figures shown per run, in this order (artifact ``figures/<split>_<name>.png``) and their captions.
@@ -69,18 +70,8 @@ def load_run_report(record: RunRecord, uri: str | None, split: str = "test") -> 
     """Download the artifacts the report shows (not the model) of one run."""
     import json
 
-    from . import tracking
-
-    reader = tracking.Tracker(record.run_id, tracking.resolve_tracking_uri(uri))  # reads only
     rep = RunReport(record)
-    with tempfile.TemporaryDirectory() as tmp:
-        present = set().union(*(reader.artifact_paths(folder) for folder in (None, "figures", "tables")))
-
-        def fetch(path: str) -> Path | None:
-            if path not in present:
-                return None
-            return reader.download_artifacts(path, tmp)
-
+    with tracking.run_artifacts(record.run_id, uri, (None, "figures", "tables")) as fetch:
         if (p := fetch("config.yaml")) is not None:
             rep.config_text = p.read_text(encoding="utf-8")
         if (p := fetch("dataset.json")) is not None:
@@ -104,30 +95,15 @@ def load_run_report(record: RunRecord, uri: str | None, split: str = "test") -> 
 def select_runs(run_ids: Sequence[str], experiment: str | None, uri: str | None, split: str) -> list[RunRecord]:
     """The runs to report: the given ids in order, or every finished run of the experiment
     that logged ``<split>_macro_f1`` (oldest first, so the order is stable as runs are added)."""
-    from .evaluation.compare import load_records
-
     records, _ = load_records(run_ids, experiment, uri, split, "macro_f1")
     return records if run_ids else records[::-1]
 
 
 # -- the tables (plain DataFrames of strings, shared by the HTML and the Markdown) -------------
-def _f(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
-        return "-"
-    try:
-        return f"{float(value):.{digits}f}"
-    except (TypeError, ValueError):
-        return str(value)
-
-
 #: The results table's metric columns: (header, metric, with its interval).
 RESULT_METRICS = (("accuracy [CI]", "accuracy", True), ("balanced accuracy [CI]", "balanced_accuracy", True),
                   ("macro-F1 [CI]", "macro_f1", True), ("AUROC", "macro_auroc", False),
                   ("invalid rate", "invalid_rate", False))
-
-
-def _count(value: Any) -> str:
-    return f"{int(value):,}" if isinstance(value, (int, float)) and not pd.isna(value) else "-"
 
 
 def evaluated_counts(rep: "RunReport | None", row: pd.Series) -> tuple[Any, Any]:
@@ -135,7 +111,7 @@ def evaluated_counts(rep: "RunReport | None", row: pd.Series) -> tuple[Any, Any]
     distinct ``group_id``), else images as the sum of the logged per-class supports."""
     preds = rep.predictions if rep is not None else None
     if preds is not None and len(preds):
-        column = next((c for c in ("group_id", "lesion_id") if c in preds.columns), None)
+        column = next((c for c in GROUP_COLUMNS if c in preds.columns), None)
         return len(preds), (preds[column].astype(str).nunique() if column else None)
     supports = [v for k, v in row.items() if isinstance(k, str) and k.startswith("support_") and not pd.isna(v)]
     return (sum(supports) if supports else None), None
@@ -158,12 +134,12 @@ def results_table(frame: pd.DataFrame, runs: Sequence["RunReport | None"] | None
         images, groups = evaluated_counts(rep, r)
         unit = rep.unit if rep is not None else "groups"
         model = r.get("model")
-        row = {"run": _label(r), "backend": str(r.get("plugin") or "-"),
-               "model": "-" if model is None or (isinstance(model, float) and math.isnan(model)) else str(model),
-               "dataset": dataset, f"{split} images": _count(images),
-               f"{split} groups": f"{_count(groups)} {unit}" if groups is not None else "-"}
+        row = {"run": run_label(r), "backend": str(r.get("plugin") or "-"),
+               "model": text_cell(model),
+               "dataset": dataset, f"{split} images": count(images),
+               f"{split} groups": f"{count(groups)} {unit}" if groups is not None else "-"}
         for header, metric, ci in RESULT_METRICS:
-            row[header] = (metric_cell(r, metric) if metric in frame.columns else "-") if ci else _f(r.get(metric))
+            row[header] = (metric_cell(r, metric) if metric in frame.columns else "-") if ci else number(r.get(metric))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -176,10 +152,10 @@ def grouped_table(frame: pd.DataFrame) -> pd.DataFrame | None:
              or "_sensitivity_at_spec" in m]
     if not names:
         return None
-    out = pd.DataFrame({"run": [_label(r) for _, r in frame.iterrows()]})
+    out = pd.DataFrame({"run": [run_label(r) for _, r in frame.iterrows()]})
     for m in names:
         with_ci = m.endswith(("_sensitivity", "_specificity"))
-        out[m + (" [CI]" if with_ci else "")] = [metric_cell(r, m) if with_ci else _f(r.get(m))
+        out[m + (" [CI]" if with_ci else "")] = [metric_cell(r, m) if with_ci else number(r.get(m))
                                                  for _, r in frame.iterrows()]
     return out
 
@@ -192,9 +168,9 @@ def config_diff_table(frame: pd.DataFrame) -> pd.DataFrame | None:
     keys = key_params(frame)
     if not keys:
         return None
-    out = pd.DataFrame({"run": [_label(r) for _, r in frame.iterrows()]})
+    out = pd.DataFrame({"run": [run_label(r) for _, r in frame.iterrows()]})
     for p in keys:
-        out[p] = ["-" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in frame[p]]
+        out[p] = [text_cell(v) for v in frame[p]]
     return out
 
 
@@ -212,12 +188,12 @@ def per_class_tables(runs: Sequence["RunReport"], frame: pd.DataFrame) -> list[t
         table = pd.DataFrame({"class": list(codes), "name": list(label_set.names)})
         rows = [frame.iloc[i] for i in members]
         # the true images per class: the same for runs on the same split; the first run that logged it
-        supports = [[_f(r.get(f"support_{c}"), 0) for r in rows] for c in codes]
+        supports = [[number(r.get(f"support_{c}"), 0) for r in rows] for c in codes]
         table["support"] = [next((v for v in values if v != "-"), "-") for values in supports]
         for i, row in zip(members, rows):
             name = runs[i].record.label
-            table[f"{name} recall"] = [_f(row.get(f"recall_{c}")) for c in codes]
-            table[f"{name} F1"] = [_f(row.get(f"f1_{c}")) for c in codes]
+            table[f"{name} recall"] = [number(row.get(f"recall_{c}")) for c in codes]
+            table[f"{name} F1"] = [number(row.get(f"f1_{c}")) for c in codes]
         names = ", ".join(runs[i].record.label for i in members)
         out.append((f"{describe_classes(label_set)}: {names}", table))
     return out
@@ -225,17 +201,12 @@ def per_class_tables(runs: Sequence["RunReport"], frame: pd.DataFrame) -> list[t
 
 def metrics_table(frame: pd.DataFrame, names: Sequence[str], extra: dict[str, list[str]] | None = None) -> pd.DataFrame:
     shown = [m for m in names if m in frame.columns and frame[m].notna().any()]
-    out = pd.DataFrame({"run": [_label(r) for _, r in frame.iterrows()]})
+    out = pd.DataFrame({"run": [run_label(r) for _, r in frame.iterrows()]})
     for key, values in (extra or {}).items():
         out[key] = values
     for m in shown:
-        out[m] = [_f(v) for v in frame[m]]
+        out[m] = [number(v) for v in frame[m]]
     return out
-
-
-def _label(row: pd.Series) -> str:
-    short = str(row["run_id"])[:8]
-    return f"{row['run_name']} ({short})" if row.get("run_name") else short
 
 
 def subgroup_display(table: pd.DataFrame, unit: str = "groups") -> pd.DataFrame:
@@ -253,16 +224,16 @@ def subgroup_display(table: pd.DataFrame, unit: str = "groups") -> pd.DataFrame:
         flags = []
         if _yes(r.get("small")):
             limit = r.get("min_count")
-            flags.append(f"small (< {_f(limit, 0)} images)" if _f(limit, 0) != "-" else "small")
+            flags.append(f"small (< {number(limit, 0)} images)" if number(limit, 0) != "-" else "small")
         if single:
             flags.append("one class: read accuracy")
         row = {"column": r["column"], "group": r["group"], "images": r["images"],
                unit: r.get("units", r.get("lesions", "-")), "flag": "; ".join(flags)}
         if "classes_present" in r:
-            row["classes present"] = _f(r["classes_present"], 0)
+            row["classes present"] = number(r["classes_present"], 0)
         for m in names:
             header = {"balanced_accuracy": "balanced accuracy (present classes)"}.get(m, m)
-            row[header] = "- (one class)" if single and m == "macro_f1" else _cell(r, m)
+            row[header] = "- (one class)" if single and m == "macro_f1" else metric_cell(r, m)
         if "present_recall" in r:
             text = r["present_recall"]
             row["recall of present classes"] = text if isinstance(text, str) and text else "-"
@@ -274,17 +245,10 @@ def gaps_display(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in table.to_dict("records"):
         rows.append({"column": r["column"], "metric": r["metric"], "worst group": r.get("worst_group") or "-",
-                     "worst": _f(r.get("worst")), "best group": r.get("best_group") or "-", "best": _f(r.get("best")),
-                     "gap [CI]": _cell({"gap": r.get("gap"), "gap_ci_low": r.get("gap_ci_low"),
+                     "worst": number(r.get("worst")), "best group": r.get("best_group") or "-", "best": number(r.get("best")),
+                     "gap [CI]": metric_cell({"gap": r.get("gap"), "gap_ci_low": r.get("gap_ci_low"),
                                         "gap_ci_high": r.get("gap_ci_high")}, "gap")})
     return pd.DataFrame(rows)
-
-
-def _cell(r: dict, m: str) -> str:
-    v, lo, hi = r.get(m), r.get(f"{m}_ci_low"), r.get(f"{m}_ci_high")
-    if _f(v) == "-":
-        return "-"
-    return f"{_f(v)} [{_f(lo)}, {_f(hi)}]" if _f(lo) != "-" and _f(hi) != "-" else _f(v)
 
 
 def _yes(value: Any) -> bool:
@@ -296,18 +260,18 @@ def conformal_display(table: pd.DataFrame) -> pd.DataFrame:
     correct calibration of this size leaves (runs logged before intervals show the point only)."""
     rows = []
     for r in table.to_dict("records"):
-        row = {"method": r["method"], "alpha": _f(r.get("alpha")), "target": _f(r.get("target_coverage")),
-               "coverage [CI]": _cell(r, "coverage")}
+        row = {"method": r["method"], "alpha": number(r.get("alpha")), "target": number(r.get("target_coverage")),
+               "coverage [CI]": metric_cell(r, "coverage")}
         if "expected_low" in r:
-            row["expected range"] = (f"{_f(r['expected_low'])}-{_f(r['expected_high'])}"
-                                     if _f(r["expected_low"]) != "-" else "-")
+            row["expected range"] = (f"{number(r['expected_low'])}-{number(r['expected_high'])}"
+                                     if number(r["expected_low"]) != "-" else "-")
         for c in ("mean_set_size", "singleton_rate", "empty_rate", "qhat"):
             if c in r:
-                row[c] = _f(r[c])
+                row[c] = number(r[c])
         if "classes_below_target" in r:
-            row["classes below target"] = _f(r["classes_below_target"], 0)
+            row["classes below target"] = number(r["classes_below_target"], 0)
         if "calibration_images" in r:
-            row["calibration images"] = _f(r["calibration_images"], 0)
+            row["calibration images"] = number(r["calibration_images"], 0)
         if "note" in r:
             row["note"] = r["note"] if isinstance(r["note"], str) and r["note"] else ""
         rows.append(row)
@@ -321,15 +285,15 @@ def conformal_per_class_display(per_class: pd.DataFrame, summary: pd.DataFrame |
     methods = list(dict.fromkeys(per_class["method"]))
     by = {(r["method"], r["label"]): r for r in per_class.to_dict("records")}
     marginal = {r["method"]: r for r in summary.to_dict("records")} if summary is not None else {}
-    rows = [{"class": "all images (marginal)", "test images": _f(per_class.groupby("method")["images"].sum().iloc[0], 0),
-             "calibration images": _f(next(iter(marginal.values()), {}).get("calibration_images"), 0),
-             **{m: _cell(marginal[m], "coverage") if m in marginal else "-" for m in methods}}]
+    rows = [{"class": "all images (marginal)", "test images": number(per_class.groupby("method")["images"].sum().iloc[0], 0),
+             "calibration images": number(next(iter(marginal.values()), {}).get("calibration_images"), 0),
+             **{m: metric_cell(marginal[m], "coverage") if m in marginal else "-" for m in methods}}]
     for label in dict.fromkeys(per_class["label"]):
-        row = {"class": label, "test images": _f(by[(methods[0], label)].get("images"), 0),
-               "calibration images": _f(by[(methods[0], label)].get("calibration_images"), 0)}
+        row = {"class": label, "test images": number(by[(methods[0], label)].get("images"), 0),
+               "calibration images": number(by[(methods[0], label)].get("calibration_images"), 0)}
         for m in methods:
             r = by.get((m, label), {})
-            text = _cell(r, "coverage")
+            text = metric_cell(r, "coverage")
             if _yes(r.get("below_target")):
                 text += " \u26a0 below target"
             note = r.get("note")
@@ -374,14 +338,6 @@ pre{white-space:pre-wrap;overflow:visible}
 CALIBRATION_SOURCES = {"carved": "calibration split (carved from val)",
                        "val_unselected": "all of val (nothing selected on it)",
                        "val_reused": "all of val, reused after selection (weaker)"}
-
-
-def _html_table(frame: pd.DataFrame, cls: str) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
-                   for row in frame.itertuples(index=False))
-    # a wide table scrolls in its own box instead of widening the page
-    return f'<div class="scroll"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 @dataclass
@@ -498,7 +454,7 @@ class Report:
                 if "conformal_subgroups" in rep.tables:
                     sub = rep.tables["conformal_subgroups"].copy()
                     for c in ("coverage", "mean_set_size"):
-                        sub[c] = [_f(v) for v in sub[c]]
+                        sub[c] = [number(v) for v in sub[c]]
                     sub["small"] = ["yes" if str(v).lower() in ("true", "1") else "" for v in sub["small"]]
                     conf_items.append(("table:conformal-subgroups", sub))
         if not conf_items:
@@ -575,7 +531,7 @@ class Report:
                     parts.append(f'<figure class="fig-{name}"><img alt="{html.escape(caption)}" '
                                  f'src="data:image/png;base64,{b64}"><figcaption>{html.escape(caption)}</figcaption></figure>')
                 elif kind.startswith("table:"):
-                    parts.append(_html_table(payload, kind.split(":", 1)[1]))
+                    parts.append(render_html(payload, kind.split(":", 1)[1]))
             parts.append("</section>")
         parts.append("</body></html>")
         return "\n".join(parts)
@@ -609,11 +565,9 @@ def build_report(run_ids: Sequence[str] = (), experiment: str | None = None, uri
     """Read the runs back from MLflow and assemble the report (paired tests need predictions)."""
     records = select_runs(run_ids, experiment, uri, split)
     if baseline is not None and baseline not in {r.run_id for r in records}:
-        from . import tracking
-
         try:
-            records.append(RunRecord.from_mlflow(tracking.get_run(baseline, uri)))
-        except Exception:
+            records.append(get_record(baseline, uri))
+        except LookupError:
             raise LookupError(f"baseline run {baseline!r} not found in {tracking.resolve_tracking_uri(uri)}") from None
     reports = [load_run_report(r, uri, split) for r in records]
     frame = runs_frame(records, split).reset_index(drop=True)
@@ -655,32 +609,3 @@ def write_report(report: Report, out: str | os.PathLike) -> tuple[Path, Path]:
     atomic_write_text(md_path, text)
     return out, md_path
 
-
-@click.command("report")
-@click.argument("run_ids", nargs=-1)
-@click.option("--experiment", "-e", help="Report every finished run of this MLflow experiment.")
-@click.option("--runs", "runs_opt", multiple=True, help="A run id to report (repeatable; same as RUN_IDS).")
-@click.option("--baseline", help="Run id the paired tests compare against (default: the first run).")
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
-              help="The HTML file; the Markdown twin is written next to it with .md.")
-@click.option("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db).")
-@click.option("--split", default="test", show_default=True, help="Which evaluated split's results to report.")
-@click.option("--bootstrap", "n_resamples", type=click.IntRange(min=0), default=1000, show_default=True,
-              help="Bootstrap resamples of the paired tests.")
-@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the paired bootstrap.")
-@click.option("--title", help="Report title.")
-def report_command(run_ids, experiment, runs_opt, baseline, out, tracking_uri, split, n_resamples, seed, title):
-    """Write a self-contained HTML report (and a Markdown twin) of logged runs.
-
-    Give RUN_IDs / --runs ID ... or --experiment NAME.
-    """
-    ids = tuple(run_ids) + tuple(runs_opt)
-    if bool(ids) == bool(experiment):
-        raise click.UsageError("give run ids (or --runs ID ...) or --experiment NAME (not both)")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    try:
-        report = build_report(ids, experiment, tracking_uri, baseline, split, n_resamples, seed=seed, title=title)
-    except LookupError as exc:
-        raise click.ClickException(str(exc).strip("'\"")) from None
-    html_path, md_path = write_report(report, out)
-    click.echo(f"report of {len(report.runs)} run(s) written to {html_path} (Markdown twin: {md_path})")

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import traceback
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 
@@ -161,6 +161,12 @@ def _prepare_store(uri: str) -> None:
         raise StoreError(f"MLflow store {path} cannot be opened ({type(exc).__name__}: {first[:200]}); "
                          "check that it is an MLflow database, or point --tracking-uri at another store") from None
     _READY.add(uri)
+
+
+def create_store(uri: str) -> None:
+    """Create (or migrate) the SQLite store at ``uri`` without pointing mlflow at it (test fixtures
+    make one template store per session and copy it)."""
+    _prepare_store(uri)
 
 
 def configure(uri: str | None = None) -> str:
@@ -735,6 +741,22 @@ def load_run_label_set(run_id: str, uri: str | None = None):
 
     data = load_run_dict(run_id, "label_set.json", uri)
     return None if data is None else LabelSet.from_dict(data)
+
+
+@contextlib.contextmanager
+def run_artifacts(run_id: str, uri: str | None = None,
+                  folders: tuple[str | None, ...] = (None,)) -> Iterator[Callable[[str], Path | None]]:
+    """A run's artifacts in ``folders`` (None: the top level), downloaded on demand: inside the
+    ``with``, ``fetch(path)`` is the artifact's local copy in a temporary folder, or None when the
+    run has no such artifact (one listing per folder, no failed downloads)."""
+    reader = Tracker(run_id, resolve_tracking_uri(uri))  # reads only
+    with tempfile.TemporaryDirectory() as tmp:
+        present = set().union(*(reader.artifact_paths(folder) for folder in folders))
+
+        def fetch(path: str) -> Path | None:
+            return reader.download_artifacts(path, tmp) if path in present else None
+
+        yield fetch
 
 
 def load_run_config(run_id: str, uri: str | None = None) -> dict:

@@ -48,10 +48,10 @@ def test_run_ends_with_its_name_id_artifacts_and_links(mlflow_store, tiny_source
 
 
 def test_a_sqlite_store_elsewhere_keeps_the_artifacts_beside_it(mlflow_store, tiny_source, tmp_path,
-                                                                 _mlflow_template_db):
+                                                                 mlflow_template_db):
     elsewhere = tmp_path / "team" / "store"
     elsewhere.mkdir(parents=True)
-    shutil.copy(_mlflow_template_db, elsewhere / "derma.db")
+    shutil.copy(mlflow_template_db, elsewhere / "derma.db")
     uri = f"sqlite:///{elsewhere / 'derma.db'}"
     run_id, out = _run("--tracking-uri", uri)
     run = mlflow.MlflowClient(uri).get_run(run_id)

@@ -15,7 +15,7 @@ import yaml
 
 from derma_core import hookimpl, plugins, runner, tracking
 from derma_core.config import resolve_config
-from derma_core.evaluation.compare import RunRecord, key_params, runs_frame
+from derma_core.evaluation.records import RunRecord, key_params, runs_frame
 from derma_core.interfaces import Predictions
 from derma_core.testing import make_context, make_tiny_dataset
 

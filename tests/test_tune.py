@@ -49,13 +49,13 @@ def toy():
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory, toy, _mlflow_template_db):
+def work(tmp_path_factory, toy, mlflow_template_db):
     """One working folder (and local MLflow + Optuna store) shared by this module's tests."""
     import shutil
 
     root = tmp_path_factory.mktemp("tune")
     (root / "mlruns").mkdir()
-    shutil.copy(_mlflow_template_db, root / "mlruns" / "mlflow.db")  # a migrated store: creating one costs seconds
+    shutil.copy(mlflow_template_db, root / "mlruns" / "mlflow.db")  # a migrated store: creating one costs seconds
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("DERMA_MLRUNS", str(root / "mlruns"))

@@ -50,9 +50,9 @@ main()
 
 
 @pytest.fixture
-def work(tmp_path, _mlflow_template_db, monkeypatch):
+def work(tmp_path, mlflow_template_db, monkeypatch):
     (tmp_path / "mlruns").mkdir()
-    shutil.copy(_mlflow_template_db, tmp_path / "mlruns" / "mlflow.db")
+    shutil.copy(mlflow_template_db, tmp_path / "mlruns" / "mlflow.db")
     (tmp_path / "driver.py").write_text(DRIVER)
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(
         {"params": {"train.lr": {"float": [1e-3, 1e-2], "log": True}}, "pruner": "none"}))

@@ -3,8 +3,11 @@ commands are registered.
 
 Every command, the core's and a plugin's, arrives through the ``register_commands`` hook; the
 core's all arrive through :func:`register_commands` below (``derma_core.cli`` is one of the core's
-default plugins), each a module-level ``@click.command`` defined in this package or in the module
-that owns its concept. A new core command is written as such a command and added to that list."""
+default plugins). Each is a module-level ``@click.command`` in this package, one module per family
+(``run.py``: run, plugins, ui; ``data.py``: prep, synth, download, datasets, vqa, overlap;
+``predictions.py``, ``compare.py``, ``report.py``, ``answers.py``, ``tune.py``, ``study.py``,
+``runs.py``); a command parses its options and calls the module that owns its concept. A new core
+command is written the same way and added to that list."""
 
 from __future__ import annotations
 
@@ -13,6 +16,19 @@ import sys
 import click
 
 from .. import __version__, hookimpl
+
+
+def fail(message: str, code: int = 1) -> None:
+    """End a command with its one-line error (each line of a longer message is prefixed ``error:`` unless it
+    already says what it is) and the exit code: 1 for bad data or a failed run, 2 for bad usage."""
+    for line in str(message).strip().splitlines():
+        click.echo(line if line.startswith(("error", "warning", "...")) else f"error: {line}", err=True)
+    sys.exit(code)
+
+
+def fail_usage(message: str, code: int = 2) -> None:
+    """:func:`fail` with exit code 2 unless told otherwise (commands whose errors are mostly bad usage)."""
+    fail(message, code)
 
 
 class DermaGroup(click.Group):
@@ -83,22 +99,20 @@ def main() -> None:
 
 @hookimpl
 def register_commands(cli):
-    """The core's commands, all of them, in the order ``derma --help`` lists them (alphabetical)."""
-    from ..answers import _register as register_answer_commands  # TODO(answers split): plain commands
-    from ..commands import plugins_command, run_command, ui_command
-    from ..data.commands import (datasets_command, download_command, prep_command, synth_command,
-                                 vqa_command)
-    from ..data.overlap import overlap_command_factory
-    from ..evaluation.compare import compare_command
-    from ..evaluation.external import eval_predictions_command_factory
-    from ..report import report_command
-    from ..runs import runs_command
-    from ..study.cli import study_command
-    from ..tuning.cli import tune_command
+    """The core's commands, all of them (``derma --help`` lists them alphabetically)."""
+    from .answers import eval_answers_command, sweep_prompts_command
+    from .compare import compare_command
+    from .data import (datasets_command, download_command, overlap_command, prep_command, synth_command,
+                       vqa_command)
+    from .predictions import eval_predictions_command
+    from .report import report_command
+    from .run import plugins_command, run_command, ui_command
+    from .runs import runs_command
+    from .study import study_command
+    from .tune import tune_command
 
     for command in (run_command, plugins_command, ui_command, prep_command, synth_command, download_command,
-                    datasets_command, vqa_command, overlap_command_factory(), eval_predictions_command_factory(), compare_command,
-                    report_command, tune_command, study_command,
+                    datasets_command, vqa_command, overlap_command, eval_predictions_command, compare_command,
+                    report_command, eval_answers_command, sweep_prompts_command, tune_command, study_command,
                     runs_command):
         cli.add_command(command)
-    register_answer_commands(cli)

@@ -11,5 +11,6 @@
 * :mod:`.sources` — the registered datasets (``register_datasets``), the built-in ``synthetic``
   default, ``dermamnist`` and ``folder``;
 * :mod:`.resize`, :mod:`.cache` — resizing into the memory-mapped image cache and reading it back;
-* :mod:`.commands` — ``derma prep``, ``synth``, ``download``, ``datasets``, ``vqa``.
+* the commands (``derma prep``, ``synth``, ``download``, ``datasets``, ``vqa``, ``overlap``) are in
+  :mod:`derma_core.cli.data`.
 """

@@ -437,52 +437,6 @@ def overlap_of_folders(a_dir: str | os.PathLike, b_dir: str | os.PathLike, a_spl
     return find_overlap(a, b, threshold)
 
 
-def _side_arg(text: str) -> tuple[str, str]:
-    if "=" not in text:
-        return Path(text).name, text
-    name, folder = text.split("=", 1)
-    return name, folder
-
-
-def overlap_command_factory():
-    """The click command ``derma overlap`` (built on first use: click is imported lazily)."""
-    import click
-
-    @click.command("overlap")
-    @click.argument("a_spec", metavar="A=DIR")
-    @click.argument("b_spec", metavar="B=DIR")
-    @click.option("--a-splits", default="train,val", show_default=True,
-                  help="A's splits compared (the training data; 'all' for every split).")
-    @click.option("--b-splits", default="all", show_default=True, help="B's splits compared (e.g. test).")
-    @click.option("--threshold", type=click.IntRange(0, PHASH_SIZE * PHASH_SIZE), default=PIXEL_THRESHOLD,
-                  show_default=True, help="Most pHash bits two copies of one picture differ in.")
-    @click.option("--duplicates", multiple=True, type=click.Path(dir_okay=False, exists=True),
-                  help="A published duplicate list (two image columns), e.g. ISIC_2020_Training_Duplicates.csv.")
-    @click.option("--json", "as_json", is_flag=True, help='{"id": n, "bytes": n, "pixels": n, "listed": n, '
-                                                         '"total": n, "pairs": [...]}')
-    def overlap_command(a_spec, b_spec, a_splits, b_splits, threshold, duplicates, as_json):
-        """Images of prepared folder B that duplicate A's training images (by id, bytes, pixels and
-        published lists): counts per kind and the distinct total."""
-        import sys
-
-        (a_name, a_dir), (b_name, b_dir) = _side_arg(a_spec), _side_arg(b_spec)
-        try:
-            a = prepared_side(a_dir, [s.strip() for s in a_splits.split(",")], duplicates=duplicates,
-                              progress=not as_json)
-            b = prepared_side(b_dir, [s.strip() for s in b_splits.split(",")], progress=not as_json)
-        except (FileNotFoundError, ValueError) as exc:
-            click.echo(f"error: {str(exc).strip()}", err=True)
-            sys.exit(1)
-        a.label, b.label = a_name, b_name
-        result = find_overlap(a, b, threshold)
-        if as_json:
-            click.echo(json.dumps(result.to_json(), indent=2, default=str))
-        else:
-            click.echo("\n".join(result.lines()))
-
-    return overlap_command
-
-
 __all__ = ["KINDS", "PHASH_SIZE", "PIXEL_THRESHOLD", "RELIABLE_SIDE", "Side", "OverlapResult", "dataset_side",
            "find_overlap", "frame_side", "hamming_pairs", "overlap_of_folders", "phash_rows", "prepared_phashes",
            "prepared_side", "read_duplicate_list"]

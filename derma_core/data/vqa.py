@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..answers import question_row, template_id
+from ..answers.files import question_row, template_id
 from ..labels import LabelSet
 from .datasets.ham10000 import LABEL_SET as HAM10000
 from ..atomic import write_text as atomic_write_text
@@ -33,7 +33,8 @@ FORMATS = ("model_vqa", "llava")
 
 
 def question_records(frame: pd.DataFrame, prompt: str, label_set: LabelSet) -> list[dict]:
-    """model_vqa question objects for a split table (keys in the original study's order)."""
+    """model_vqa question objects for a split table (keys in the original study's order), each
+    built by :func:`derma_core.answers.files.question_row`, the one builder of a question line."""
     return [question_row(str(i), f"{i}.jpg", prompt, str(label), label_set=label_set)
             for i, label in zip(frame["id"], frame["label"])]
 

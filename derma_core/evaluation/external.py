@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from ..labels import LabelSet
-from ..textio import TextEncodingError, encoding_option, open_text
+from ..textio import TextEncodingError, open_text
 
 FORMATS = ("derma", "isic", "columns")
 #: The plugin tag of a run made from a prediction file.
@@ -710,71 +710,6 @@ def _log_external_run(tracker, inputs: _ExternalInputs, config: dict, data, mode
     tracker.log_metrics(counts)
     tracker.log_text("\n".join(inputs.notes) + "\n", "external/notes.txt")
     return {**prefixed, **counts}
-
-
-def _option_pairs(values: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for value in values:
-        if "=" not in value:
-            raise ExternalError(f"--option {value!r}: use NAME=VALUE (e.g. label=9)")
-        k, v = value.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
-def eval_predictions_command_factory():
-    """The click command ``derma eval-predictions`` (built on first use: click is imported lazily)."""
-    import click
-
-    @click.command("eval-predictions")
-    @click.argument("file", type=click.Path(dir_okay=False))
-    @click.option("--dataset", required=True, help="The dataset the predictions are on (see `derma datasets`).")
-    @click.option("--data-dir", help="Its prepared folder (`derma prep`): labels, groups and metadata.")
-    @click.option("--metadata", help="Its metadata table (e.g. HAM10000_metadata.csv): labels, groups, metadata.")
-    @click.option("--val", "val_file", type=click.Path(dir_okay=False),
-                  help="Predictions on validation images (same format): fits calibration and conformal sets.")
-    @click.option("--class-order", "order", help="Classes of probability_class_0..K-1: a,b,c or a diag,label CSV.")
-    @click.option("--format", "fmt", type=click.Choice(FORMATS), help="The file's layout (default: from its columns).")
-    @click.option("--ignore-column", "ignore", multiple=True, help="A column to ignore (e.g. ISIC 2019's UNK).")
-    @click.option("--option", "options", multiple=True, metavar="NAME=VALUE",
-                  help="The dataset's preparation option its classes depend on (e.g. label=9 for Fitzpatrick17k).")
-    @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "val"]),
-                  help="Which split the predictions are on (the metric prefix).")
-    @click.option("--model", help="What made the predictions (the curated model param; default: the file name).")
-    @click.option("--config", "config_file", type=click.Path(dir_okay=False),
-                  help="YAML overriding evaluation defaults.")
-    @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
-                  help="Override one config key, e.g. -o evaluation.bootstrap=200.")
-    @click.option("--experiment", help="MLflow experiment (default: the dataset's).")
-    @click.option("--run-name", help="MLflow run name.")
-    @click.option("--tracking-uri",
-                  help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db).")
-    @encoding_option("FILE, --val, --class-order and --metadata")
-    def eval_predictions_command(file, dataset, data_dir, metadata, val_file, order, fmt, ignore, options, split,
-                                 model, config_file, overrides, experiment, run_name, tracking_uri, encoding):
-        """Evaluate a per-image prediction file made elsewhere as an MLflow run.
-
-        Reads derma's predictions.csv, ISIC challenge submissions and
-        image_path,true_label,predicted_label,probability_class_0..K-1 files (with --class-order).
-        """
-        from .. import tracking
-        from ..commands import _print_metrics
-        from ..config import ConfigError
-
-        try:
-            result = evaluate_file(file, dataset, data_dir=data_dir, metadata=metadata, val=val_file, order=order,
-                                   fmt=fmt, ignore=ignore, options=_option_pairs(options), split=split,
-                                   config_file=config_file, overrides=overrides, experiment=experiment,
-                                   run_name=run_name, model=model, uri=tracking_uri,
-                                   log=lambda line: click.echo(line, err=True), encoding=encoding)
-        except (ExternalError, ConfigError, FileNotFoundError, tracking.StoreError) as exc:
-            click.echo(f"error: {str(exc).strip()}", err=True)
-            sys.exit(1)
-        click.echo(f"{file} on {dataset} ({split} split, {int(result.metrics['external_evaluated'])} images):")
-        _print_metrics(result.metrics, split)
-        click.echo(f"MLflow run id: {result.run_id}  (experiment {result.experiment!r}; plugin tag {PLUGIN})")
-
-    return eval_predictions_command
 
 
 __all__ = ["FORMATS", "PLUGIN", "ExternalError", "PredictionFile", "assemble", "class_order", "detect_format",

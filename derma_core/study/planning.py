@@ -226,7 +226,7 @@ def lookup(planned: list[PlannedCell], uri: str, end_stale: bool = True) -> None
     it still RUNNING in a live process on this host. A RUNNING run whose process here is gone is
     ended KILLED (as ``derma runs --end-stale`` would; not with ``end_stale=False``, for
     ``--dry-run``), and the cell counts as missing either way."""
-    from .. import runs, tracking
+    from .. import lifetime, tracking
 
     ids = {pc.identity for pc in planned if pc.identity}
     flt = (f"tags.\"{TAG_CELL_ID}\" = '{next(iter(ids))}'" if len(ids) == 1
@@ -237,7 +237,7 @@ def lookup(planned: list[PlannedCell], uri: str, end_stale: bool = True) -> None
     for pc in planned:
         found = by_id.get(pc.identity or "", [])
         for i, run in enumerate(found):
-            if run.info.status == "RUNNING" and runs.liveness(run) == runs.GONE:
+            if run.info.status == "RUNNING" and lifetime.liveness(run) == lifetime.GONE:
                 if not end_stale:
                     continue
                 tags = run.data.tags
@@ -247,7 +247,7 @@ def lookup(planned: list[PlannedCell], uri: str, end_stale: bool = True) -> None
                 found[i] = tracking.get_run(run.info.run_id, uri)
         pc.last = found[0] if found else None
         pc.done = next((r for r in found if r.info.status == "FINISHED"), None)
-        pc.running = next((r for r in found if r.info.status == "RUNNING" and runs.liveness(r) == runs.ALIVE), None)
+        pc.running = next((r for r in found if r.info.status == "RUNNING" and lifetime.liveness(r) == lifetime.ALIVE), None)
 
 
 def headline(run_or_metrics: Any, split: str, metric: str) -> str:

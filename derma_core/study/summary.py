@@ -26,8 +26,8 @@ def seed_table(planned: list[PlannedCell], frame: pd.DataFrame, metrics: list[st
     """One row per configuration (cells that differ by seed only) with two or more finished
     seeds: per metric the mean ± sample SD across seeds with their range, and for the first
     metric (the headline) each seed's value with the interval its run logged. ``frame`` is
-    :func:`~derma_core.evaluation.compare.runs_frame`'s (unprefixed metrics, ``run_id``)."""
-    from ..evaluation.compare import metric_cell
+    :func:`~derma_core.evaluation.records.runs_frame`'s (unprefixed metrics, ``run_id``)."""
+    from ..evaluation.tables import metric_cell
 
     rows_by_run = {str(r["run_id"]): r for _, r in frame.iterrows()}
     groups: dict[str, list[tuple[PlannedCell, pd.Series]]] = {}

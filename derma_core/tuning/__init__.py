@@ -43,7 +43,6 @@ MLflow run FAILED) and queued again (``--max-retry``).
 
 from __future__ import annotations
 
-from .cli import tune_command
 from .space import (PRUNERS, SAMPLERS, Param, SearchSpace, TuneError, apply_values, load_space, parse_space,
                     plugin_schema, validate_space)
 from .study import (ATTR_EXPERIMENT, ATTR_PARENT_RUN, ATTR_RETRY_OF, ATTR_RUN_ID, ATTR_SETTINGS, ATTR_VALUES,
@@ -53,8 +52,6 @@ from .study import (ATTR_EXPERIMENT, ATTR_PARENT_RUN, ATTR_RETRY_OF, ATTR_RUN_ID
                     make_storage, normalise_storage_url, open_study, summarize, trial_config)
 
 __all__ = [
-    "tune_command",
-    "register_commands",
     "Param",
     "SearchSpace",
     "TuneError",

@@ -1,37 +1,18 @@
-"""Fixtures of the foundation plugin's tests: a tiny synthetic set, an isolated MLflow store."""
+"""Fixtures of the foundation plugin's tests: the shared ones (derma_core.testing.fixtures: two torch
+threads, the tiny synthetic set) and this package's own (a module-wide store, configs, the prior's floor)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
+from derma_core.testing.fixtures import few_threads, synthetic_cache, tiny_config  # noqa: F401 (fixtures)
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-#: The tiny synthetic set every test shares (32 px keeps the tiny encoders cheap on 2 cores).
-TINY = {"data.source": "synthetic", "data.size": 32, "data.synthetic_n": 420, "data.synthetic_seed": 3}
-
-
-@pytest.fixture(autouse=True)
-def _few_threads():
-    """Other test processes share the machine: two threads at most (also fixes CPU determinism)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(2, before))
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def synthetic_cache(tmp_path_factory) -> Path:
-    """A cache folder holding the tiny synthetic set, generated once per test session."""
-    from derma_core.runner import load_dataset
-
-    folder = tmp_path_factory.mktemp("derma-cache")
-    load_dataset(tiny_config("prior", folder))
-    return folder
+#: What every foundation test run logs: its own experiment, no model artifact.
+FOUNDATION = {"tracking.experiment": "foundation-test", "tracking.log_model": False}
 
 
 @pytest.fixture(scope="module")
@@ -46,34 +27,24 @@ def store(tmp_path_factory):
         yield root
 
 
-def tiny_config(plugin: str, cache_dir: Path, **overrides) -> dict:
-    """The resolved config of ``plugin`` on the tiny synthetic set, quiet, no bootstrap."""
-    from derma_core.config import resolve_config
-
-    values = {**TINY, "data.cache_dir": str(cache_dir), "evaluation.bootstrap": 0, "quiet": True, "device": "cpu",
-              "tracking.experiment": "foundation-test", "tracking.log_model": False}
-    values.update(overrides)
-    return resolve_config(plugin, values=values)
-
-
 @pytest.fixture
 def make_config(synthetic_cache):
-    """``make_config(plugin, **overrides)``: :func:`tiny_config` on the shared tiny set."""
-    return lambda plugin, **overrides: tiny_config(plugin, synthetic_cache, **overrides)
+    """``make_config(plugin, **overrides)``: ``tiny_config`` of ``plugin`` on the shared tiny set."""
+    return lambda plugin, **overrides: tiny_config(plugin, synthetic_cache, **{**FOUNDATION, **overrides})
 
 
 @pytest.fixture(scope="session")
 def tiny_dataset(synthetic_cache):
     from derma_core.runner import load_dataset
 
-    return load_dataset(tiny_config("prior", synthetic_cache))
+    return load_dataset(tiny_config("prior", synthetic_cache, **FOUNDATION))
 
 
 @pytest.fixture(scope="session")
 def prior_macro_f1(tiny_dataset) -> float:
     """``prior``'s test macro-F1 on the tiny set: the floor every trained backend must beat."""
-    from derma_core.prior import PriorClassifier
     from derma_core.evaluation.metrics import classification_metrics
+    from derma_core.prior import PriorClassifier
     from derma_core.testing import fit_predict
 
     preds = fit_predict(PriorClassifier({}), tiny_dataset)

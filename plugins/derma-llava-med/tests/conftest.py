@@ -1,30 +1,14 @@
-"""Shared fixtures of the LLaVA plugin's tests: the tiny-random model, built once per session."""
+"""Fixtures of the LLaVA plugin's tests: the shared ones (derma_core.testing.fixtures: an isolated MLflow
+store, the session's model cache, two torch threads) and this package's own (the tiny-random model, built
+once per session, a few images, a small in-memory dataset)."""
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-
-@pytest.fixture(scope="session", autouse=True)
-def _threads():
-    import torch
-
-    torch.set_num_threads(2)
-
-
-@pytest.fixture(scope="session")
-def model_cache(tmp_path_factory) -> Path:
-    """DERMA_MODEL_CACHE for the session (reuses an existing cache when the env var is set)."""
-    env = os.environ.get("DERMA_MODEL_CACHE")
-    if env:
-        return Path(env)
-    path = tmp_path_factory.mktemp("models")
-    os.environ["DERMA_MODEL_CACHE"] = str(path)
-    return path
+from derma_core.testing.fixtures import (dataset_sources, few_threads, mlflow_store,  # noqa: F401 (fixtures)
+                                         mlflow_template_db, model_cache)
 
 
 @pytest.fixture(scope="session")
@@ -46,28 +30,10 @@ def images():
 
 
 @pytest.fixture
-def mlflow_store(tmp_path, monkeypatch) -> str:
-    """A fresh SQLite MLflow store in tmp_path; the cwd moves there so mlruns/ lands there too."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DERMA_MLRUNS", str(tmp_path / "mlruns"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    (tmp_path / "mlruns").mkdir()
-    return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-
-
-@pytest.fixture
 def tiny_source():
-    """Registers an in-memory ``tiny`` dataset source (data.source=tiny) for one test."""
-    from derma_core import hookimpl, plugins
+    """Registers a small in-memory ``tiny`` dataset source (data.source=tiny, 24 px) for one test."""
     from derma_core.testing import make_tiny_dataset
 
-    class TinySource:
-        @hookimpl
-        def register_datasets(self, register):
-            register("tiny", lambda config: make_tiny_dataset(n_train=14, n_val=7, n_test=9, size=24))
-
-    plugin = TinySource()
-    plugins.load_plugins()
-    plugins.pm.register(plugin, name="test-llava-tiny-source")
-    yield "tiny"
-    plugins.pm.unregister(plugin)
+    with dataset_sources({"tiny": lambda config: make_tiny_dataset(n_train=14, n_val=7, n_test=9, size=24)},
+                         name="test-llava-tiny-source"):
+        yield "tiny"

@@ -8,7 +8,6 @@ LLaVA-OneVision and Idefics3 (SmolVLM).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -38,16 +37,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model_cache(tmp_path_factory) -> Path:
-    env = os.environ.get("DERMA_MODEL_CACHE")
-    if env:
-        return Path(env)
-    path = tmp_path_factory.mktemp("vlm-models")
-    os.environ["DERMA_MODEL_CACHE"] = str(path)
-    return path
 
 
 _LOADED: dict[str, object] = {}

@@ -3,7 +3,6 @@ progress-bar redraws when the output is not a terminal (CPU, offline, tiny rando
 
 import dataclasses
 import io
-import os
 import sys
 import warnings
 
@@ -12,12 +11,6 @@ import torch
 
 from derma_core.config import resolve_config
 from derma_core.testing import make_context
-
-
-@pytest.fixture(scope="module")
-def model_cache(tmp_path_factory):
-    if not os.environ.get("DERMA_MODEL_CACHE"):
-        os.environ["DERMA_MODEL_CACHE"] = str(tmp_path_factory.mktemp("vlm-models"))
 
 
 def _tiny_model():

@@ -1,4 +1,6 @@
-"""The ``derma study`` command."""
+"""One ``derma study`` process: load and plan the study, choose its cells (a shard, ``--only``,
+what is missing), run them under the study's parent MLflow run and write the report. The
+command's options are in :mod:`derma_core.cli.study`."""
 
 from __future__ import annotations
 
@@ -11,46 +13,14 @@ from typing import Any, Callable
 
 import click
 
+from ..cli import fail_usage
 from .spec import StudyError, load_study, parse_data_dirs, parse_shard
 
 
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-@click.command("study")
-@click.argument("study_file")
-@click.option("--dry-run", is_flag=True, help="Print the cells and which are done; run nothing.")
-@click.option("--rerun", is_flag=True, help="Run the selected cells even when a FINISHED run of them exists.")
-@click.option("--only", multiple=True, metavar="GLOB", help="Only cells whose name matches (repeatable), e.g. 'resnet18-*'.")
-@click.option("--shard", metavar="I/N", help="Run the cells at positions I, I+N, I+2N, ... (0 <= I < N) that are missing: "
-                                            "N processes with I = 0..N-1 run the whole study once between them.")
-@click.option("--data-dir", "data_dirs", multiple=True, metavar="NAME=DIR",
-              help="The prepared folder of the study's dataset NAME on this machine (repeatable).")
-@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="A config value for every cell whose backend has the key, as the file's base (repeatable).")
-@click.option("--experiment", help="MLflow experiment (default: the file's `experiment`, else the study name).")
-@click.option("--tracking-uri", help="MLflow store; one `mlflow server` for every machine of a sharded study.")
-@click.option("--device", help="auto, cpu, cuda, cuda:N or mps, for every cell (a machine setting: not part of a "
-                               "cell's identity).")
-@click.option("--report-out", type=click.Path(dir_okay=False),
-              help="The HTML report (default: the file's report.out, else reports/STUDY.html); Markdown twin beside it.")
-@click.option("--no-report", is_flag=True, help="Write no report at the end.")
-@click.option("--report-only", is_flag=True, help="Run nothing; write the report of the cells done so far.")
-@click.option("--quiet", "-q", is_flag=True, help="No line per cell.")
-@click.option("--verbose", "-v", is_flag=True, help="Show each cell's own progress output.")
-def study_command(study_file, dry_run, rerun, only, shard, data_dirs, overrides, experiment, tracking_uri, device,
-                  report_out, no_report, report_only, quiet, verbose):
-    """Run a study: a grid of runs from a YAML file, one MLflow parent run with a child run per
-    cell, then one report (results with intervals, paired tests against the baseline, the
-    spread across seeds). STUDY_FILE is a path, or the name of a shipped study (smoke,
-    vqa-vlm-derma, generalisation).
-
-    A cell already FINISHED in the store with the same resolved config, code version and data
-    digest is not run again, so running the command again after an interruption runs only what
-    is missing. See docs/study.md.
-    """
+def run_study(study_file, dry_run, rerun, only, shard, data_dirs, overrides, experiment, tracking_uri, device,
+              report_out, no_report, report_only, quiet, verbose) -> None:
+    """What ``derma study`` does with its options (:mod:`derma_core.cli.study` lists them): plan
+    the cells, then a dry run, the report alone, or the missing cells under the parent run."""
     from .. import plugins, runner
     from . import execute, planning
 
@@ -58,7 +28,7 @@ def study_command(study_file, dry_run, rerun, only, shard, data_dirs, overrides,
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if sum([dry_run, report_only]) > 1:
-        _fail("--dry-run and --report-only do not go together")
+        fail_usage("--dry-run and --report-only do not go together")
     study, shard_of = _load(study_file, shard, data_dirs, overrides, experiment)
     uri = _open_store(tracking_uri, dry_run)
     rank, world = runner._distributed()
@@ -66,12 +36,12 @@ def study_command(study_file, dry_run, rerun, only, shard, data_dirs, overrides,
     try:
         planned = planning.plan(study, uri=uri, device=device, quiet=not verbose)
     except (StudyError, plugins.UnknownComponentError) as exc:
-        _fail(str(exc).strip("'\""))
+        fail_usage(str(exc).strip("'\""))
     if rank == 0:
         planning.lookup(planned, uri, end_stale=not dry_run)
     mine = execute.select(planned, shard_of, tuple(only))
     if only and not mine:
-        _fail(f"--only {' '.join(only)} matches no cell{' of this shard' if shard_of else ''} (cells: "
+        fail_usage(f"--only {' '.join(only)} matches no cell{' of this shard' if shard_of else ''} (cells: "
               f"{', '.join(pc.name for pc in planned[:10])}{', ...' if len(planned) > 10 else ''})")
     where = f" (shard {shard_of[0]}/{shard_of[1]}: {len(mine)} cells)" if shard_of else ""
     done = sum(pc.done is not None for pc in planned)
@@ -123,7 +93,7 @@ def _load(study_file, shard, data_dirs, overrides, experiment):
         values = dict(parse_override(text) for text in overrides)
         study = load_study(study_file, parse_data_dirs(data_dirs), values, experiment)
     except (StudyError, ConfigError) as exc:
-        _fail(str(exc).strip("'\""))
+        fail_usage(str(exc).strip("'\""))
     return study, shard_of
 
 
@@ -137,7 +107,7 @@ def _open_store(tracking_uri, dry_run: bool) -> str:
                 and not (tracking.default_store_dir() / "mlflow.db").exists()):
             tracking.configure(uri)
     except tracking.StoreError as exc:
-        _fail(str(exc), 1)
+        fail_usage(str(exc), 1)
     return uri
 
 

@@ -1,4 +1,5 @@
-"""The core's commands: ``derma run``, ``derma plugins`` and ``derma ui``."""
+"""``derma run``, ``derma plugins`` (and ``plugins new``) and ``derma ui``; :func:`_print_metrics` is
+shared with ``derma eval-predictions``."""
 
 from __future__ import annotations
 
@@ -8,15 +9,11 @@ import sys
 
 import click
 
-
-
-def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
+from . import fail
 
 
 def _print_metrics(metrics: dict[str, float], prefix: str) -> None:
-    from .tracking import HEADLINE_METRICS
+    from ..tracking import HEADLINE_METRICS
 
     rows = []
     for key in HEADLINE_METRICS:
@@ -57,9 +54,9 @@ def run_command(plugin, config_file, overrides, dataset, data_dir, experiment, r
                 device, quiet, resume_run_id, re_evaluate, print_config, eval_datasets, eval_split, allow_overlap,
                 label_maps):
     """Train and/or evaluate one backend and record everything in MLflow."""
-    from . import plugins, runner, tracking
-    from .config import ConfigError, dump_config, resolve_config
-    from .evaluation.crossdataset import print_eval_metrics
+    from .. import plugins, runner, tracking
+    from ..config import ConfigError, dump_config, resolve_config
+    from ..evaluation.crossdataset import print_eval_metrics
 
     values = {"data.source": dataset, "data.dir": data_dir, "tracking.experiment": experiment,
               "tracking.run_name": run_name, "tracking.uri": tracking_uri, "seed": seed, "device": device,
@@ -68,7 +65,7 @@ def run_command(plugin, config_file, overrides, dataset, data_dir, experiment, r
               "evaluation.label_maps": list(label_maps) or None}
     try:
         if resume_run_id:
-            from .runs import resume_config
+            from ..lifetime import resume_config
 
             stored, previous = resume_config(resume_run_id, tracking_uri, re_evaluate)
             if stored is None:
@@ -78,10 +75,10 @@ def run_command(plugin, config_file, overrides, dataset, data_dir, experiment, r
                 return
             plugin = plugin or stored.get("plugin")
             if stored.get("plugin") != plugin:
-                _fail(f"run {resume_run_id} used plugin {stored.get('plugin')!r}, not {plugin!r}")
+                fail(f"run {resume_run_id} used plugin {stored.get('plugin')!r}, not {plugin!r}")
         if not plugin:
             names = ", ".join(sorted(plugins.classifiers()))
-            _fail(f"--plugin is required; installed: {names}", 2)
+            fail(f"--plugin is required; installed: {names}", 2)
         reg = plugins.get_classifier(plugin)
         plugin_cfg = reg.options.get("config")
         if resume_run_id:
@@ -96,7 +93,7 @@ def run_command(plugin, config_file, overrides, dataset, data_dir, experiment, r
         else:
             config = resolve_config(plugin, config_file, overrides, values, plugin_config=plugin_cfg)
     except (ConfigError, plugins.UnknownComponentError, LookupError) as exc:
-        _fail(str(exc).strip("'\""), 2)
+        fail(str(exc).strip("'\""), 2)
     for name, messages in plugins.hook_errors().items():  # what a broken plugin did not register is missing
         for message in messages:
             click.echo(f"warning: plugin {name!r}: {message} (see `derma plugins`)", err=True)
@@ -106,17 +103,17 @@ def run_command(plugin, config_file, overrides, dataset, data_dir, experiment, r
     try:  # the store is created or migrated once, under a lock, before the run starts
         tracking.configure(config["tracking"].get("uri"))
     except tracking.StoreError as exc:
-        _fail(str(exc))
-    from .progress import quiet_library_bars
+        fail(str(exc))
+    from ..progress import quiet_library_bars
 
     quiet_library_bars(bool(config.get("quiet")))  # a log gets derma's progress lines, not their redraws
     try:
         result = runner.run(config, resume_run_id=resume_run_id)
     except runner.RunError as exc:
         where = f" (MLflow run {exc.run_id} marked FAILED; partial results kept in {exc.work_dir})" if exc.run_id else ""
-        _fail(f"{plugin} failed: {exc}{where}")
+        fail(f"{plugin} failed: {exc}{where}")
     except (plugins.UnknownComponentError, ConfigError, RuntimeError, ValueError, FileNotFoundError) as exc:
-        _fail(str(exc).strip("'\""))
+        fail(str(exc).strip("'\""))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return
     split = config["evaluation"]["split"]
@@ -128,7 +125,7 @@ def run_command(plugin, config_file, overrides, dataset, data_dir, experiment, r
 
 def _print_where(run_id: str, uri: str) -> None:
     """The end of ``derma run``: the run's name and id, where its artifacts are, how to see it."""
-    from . import tracking
+    from .. import tracking
 
     run = tracking.get_run(run_id, uri)
     experiment = tracking.get_experiment(run.info.experiment_id, uri)
@@ -151,7 +148,7 @@ def plugins_command(ctx, as_json, show_all):
     """List installed plugins: name, package, version, hooks and load errors."""
     if ctx.invoked_subcommand is not None:
         return
-    from . import plugins
+    from .. import plugins
 
     registered = {name: reg.plugin for name, reg in plugins.classifiers().items()}
     hook_errors, clashes = plugins.hook_errors(), plugins.name_clashes()
@@ -183,14 +180,14 @@ def plugins_new_command(name, parent):
     """Scaffold a working plugin package for a new classifier NAME."""
     from pathlib import Path
 
-    from .scaffold import create_plugin
+    from ..scaffold import create_plugin
 
     if parent is None:
         parent = "plugins" if Path("plugins").is_dir() else "."
     try:
         root = create_plugin(name, Path(parent))
     except (ValueError, FileExistsError) as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     click.echo(f"created {root}\nnext:\n  pip install -e {root}\n  derma plugins\n"
                f"  derma run --plugin {name}\n  pytest {root / 'tests'}")
 
@@ -202,7 +199,7 @@ def plugins_new_command(name, parent):
 @click.option("--workers", default=1, show_default=True, type=int, help="Server worker processes.")
 def ui_command(tracking_uri, host, port, workers):
     """Start the MLflow UI on derma's store (bound to 127.0.0.1 unless --host says otherwise)."""
-    from . import tracking
+    from .. import tracking
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
     base = f"http://{host}:{port}"
@@ -210,7 +207,7 @@ def ui_command(tracking_uri, host, port, workers):
     try:
         experiments = tracking.list_experiments(uri)
     except tracking.StoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if experiments:
         click.echo("each experiment's runs (these links open MLflow's model-training layout, not its GenAI page):")
     for exp in experiments:

@@ -1,5 +1,5 @@
 """The data commands: ``derma prep``, ``derma synth``, ``derma download``, ``derma datasets``,
-``derma vqa``."""
+``derma vqa`` and ``derma overlap``; what they do lives in :mod:`derma_core.data`."""
 
 from __future__ import annotations
 
@@ -10,13 +10,9 @@ from pathlib import Path
 
 import click
 
+from . import fail
+from ..data.overlap import PHASH_SIZE, PIXEL_THRESHOLD
 from ..textio import encoding_option
-
-
-def _fail(message: str, code: int = 1) -> None:
-    for line in str(message).strip().splitlines():
-        click.echo(line if line.startswith(("error", "warning", "...")) else f"error: {line}", err=True)
-    sys.exit(code)
 
 
 def _ratios(text: str) -> tuple[float, float, float]:
@@ -42,20 +38,20 @@ def _options(pairs: tuple[str, ...]) -> dict[str, str]:
 def _descriptor(dataset: str | None, spec: str | None, raw: str | None = None):
     """The descriptor a command works on: ``--spec`` (a YAML-declared dataset), else the
     registered ``--dataset``; exits with one line when neither resolves."""
-    from .datasets import folder
-    from .prepare import resolve_dataset
-    from .raw import PrepError
+    from ..data.datasets import folder
+    from ..data.prepare import resolve_dataset
+    from ..data.raw import PrepError
 
     try:
         if spec:
             if dataset not in (None, "folder"):
-                _fail(f"--spec declares the dataset; drop --dataset {dataset}")
+                fail(f"--spec declares the dataset; drop --dataset {dataset}")
             return folder.descriptor_from_spec(folder.load_spec(spec), Path(raw) if raw else None)
         if dataset == "folder":
-            _fail("--dataset folder needs --spec FILE: the YAML file that declares your dataset (see docs/data.md)")
+            fail("--dataset folder needs --spec FILE: the YAML file that declares your dataset (see docs/data.md)")
         return resolve_dataset(dataset or "ham10000")
     except (PrepError, folder.SpecError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 OPTION_HELP = "A dataset option KEY=VALUE (repeatable); `derma datasets` lists each dataset's options."
@@ -95,8 +91,8 @@ OPTION_HELP = "A dataset option KEY=VALUE (repeatable); `derma datasets` lists e
 def prep_command(dataset, spec, raw_dir, out_dir, option_pairs, size, split_mode, seed, ratios, folds, workers,
                  resize_mode, min_side, strict, verify, name, quiet, encoding):
     """Verify, split, resize and cache a raw dataset folder for `derma run --data-dir`."""
-    from .prepare import PrepParams, prepare
-    from .raw import PrepError, table_encoding
+    from ..data.prepare import PrepParams, prepare
+    from ..data.raw import PrepError, table_encoding
 
     descriptor = _descriptor(dataset, spec, raw_dir)
     params = PrepParams(size=size, split=split_mode, seed=seed, resize=resize_mode, ratios=_ratios(ratios),
@@ -107,7 +103,7 @@ def prep_command(dataset, spec, raw_dir, out_dir, option_pairs, size, split_mode
                     log=lambda m: click.echo(m, err=True), dataset=descriptor, options=_options(option_pairs),
                     verify=verify)
     except PrepError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @click.command("synth")
@@ -122,18 +118,18 @@ def prep_command(dataset, spec, raw_dir, out_dir, option_pairs, size, split_mode
 @click.option("--quiet", "-q", is_flag=True)
 def synth_command(like, spec, out_dir, option_pairs, n, seed, workers, quiet):
     """Draw a SYNTHETIC set in a dataset's raw layout (default: HAM10000's)."""
-    from .datasets.folder import SpecError
-    from .synthetic import generate
+    from ..data.datasets.folder import SpecError
+    from ..data.synthetic import generate
 
     descriptor = _descriptor(like, spec)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        _fail(f"{out_dir} already holds files; choose an empty --out")
+        fail(f"{out_dir} already holds files; choose an empty --out")
     try:
         generate(out, n=n, seed=seed, workers=workers, progress=not quiet, dataset=descriptor,
                  options=_options(option_pairs))
     except (ValueError, SpecError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     how = f"--spec {spec}" if spec else f"--dataset {descriptor.name}"
     click.echo(f"wrote {n} synthetic images (seed {seed}) in {descriptor.title}'s layout to {out_dir}; next: "
                f"derma prep {how} --raw {out_dir} --out DIR", err=True)
@@ -151,7 +147,7 @@ def synth_command(like, spec, out_dir, option_pairs, n, seed, workers, quiet):
 def download_command(dataset, out_dir, option_pairs, server, retries, delete_archives, quiet):
     """Download a public dataset into its raw layout (`derma datasets` says which can be);
     for the others, say where to get them and the layout `derma prep` expects."""
-    from .download import DownloadError
+    from ..data.download import DownloadError
 
     descriptor = _descriptor(dataset, None)
     if descriptor.downloader is None:
@@ -160,7 +156,7 @@ def download_command(dataset, out_dir, option_pairs, server, retries, delete_arc
     try:
         options = descriptor.resolve_options(_options(option_pairs))
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     extra = {"log": (lambda m: None) if quiet else (lambda m: click.echo(m, err=True)), "server": server,
              "retries": retries, "keep_archives": False if delete_archives else None}
     given = {"--server": server is not None, "--retries": retries is not None,
@@ -169,12 +165,12 @@ def download_command(dataset, out_dir, option_pairs, server, retries, delete_arc
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     for flag, key in (("--server", "server"), ("--retries", "retries"), ("--delete-archives", "keep_archives")):
         if given[flag] and not (takes_any or key in accepted):
-            _fail(f"{flag} does not apply to dataset {descriptor.name}")
+            fail(f"{flag} does not apply to dataset {descriptor.name}")
     kwargs = {k: v for k, v in extra.items() if v is not None and (takes_any or k in accepted)}
     try:
         descriptor.downloader(Path(out_dir), options, not quiet, **kwargs)
     except DownloadError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def access_line(descriptor) -> str:
@@ -187,7 +183,7 @@ def access_line(descriptor) -> str:
 def dataset_rows() -> list[dict]:
     """Every registered dataset's facts, for `derma datasets`."""
     from .. import plugins
-    from .descriptor import DatasetDescriptor
+    from ..data.descriptor import DatasetDescriptor
 
     rows = []
     for name, registration in sorted(plugins.datasets().items()):
@@ -254,11 +250,52 @@ def datasets_command(as_json):
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Output file (default: PREPARED/vqa/...).")
 def vqa_command(prepared, prompt_name, fmt, split, out_file):
     """Write VQA question files in the original study's formats."""
+    from ..data.vqa import export_vqa
     from ..plugins import UnknownComponentError
-    from .vqa import export_vqa
 
     try:
         path = export_vqa(prepared, prompt_name, split, fmt, out_file)
     except (UnknownComponentError, ValueError, FileNotFoundError) as exc:
-        _fail(str(exc).strip("'\""))
+        fail(str(exc).strip("'\""))
     click.echo(str(path))
+
+
+@click.command("overlap")
+@click.argument("a_spec", metavar="A=DIR")
+@click.argument("b_spec", metavar="B=DIR")
+@click.option("--a-splits", default="train,val", show_default=True,
+              help="A's splits compared (the training data; 'all' for every split).")
+@click.option("--b-splits", default="all", show_default=True, help="B's splits compared (e.g. test).")
+@click.option("--threshold", type=click.IntRange(0, PHASH_SIZE * PHASH_SIZE), default=PIXEL_THRESHOLD,
+              show_default=True, help="Most pHash bits two copies of one picture differ in.")
+@click.option("--duplicates", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="A published duplicate list (two image columns), e.g. ISIC_2020_Training_Duplicates.csv.")
+@click.option("--json", "as_json", is_flag=True, help='{"id": n, "bytes": n, "pixels": n, "listed": n, '
+                                                     '"total": n, "pairs": [...]}')
+def overlap_command(a_spec, b_spec, a_splits, b_splits, threshold, duplicates, as_json):
+    """Images of prepared folder B that duplicate A's training images (by id, bytes, pixels and
+    published lists): counts per kind and the distinct total."""
+    from ..data.overlap import find_overlap, prepared_side
+
+    (a_name, a_dir), (b_name, b_dir) = _side_arg(a_spec), _side_arg(b_spec)
+    try:
+        a = prepared_side(a_dir, [s.strip() for s in a_splits.split(",")], duplicates=duplicates,
+                          progress=not as_json)
+        b = prepared_side(b_dir, [s.strip() for s in b_splits.split(",")], progress=not as_json)
+    except (FileNotFoundError, ValueError) as exc:
+        click.echo(f"error: {str(exc).strip()}", err=True)
+        sys.exit(1)
+    a.label, b.label = a_name, b_name
+    result = find_overlap(a, b, threshold)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2, default=str))
+    else:
+        click.echo("\n".join(result.lines()))
+
+
+def _side_arg(text: str) -> tuple[str, str]:
+    """``NAME=DIR`` -> (NAME, DIR); a bare DIR is named after its folder."""
+    if "=" not in text:
+        return Path(text).name, text
+    name, folder = text.split("=", 1)
+    return name, folder

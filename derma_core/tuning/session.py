@@ -1,11 +1,12 @@
-"""The ``derma tune`` command."""
+"""One ``derma tune`` process: open or join a study (new, ``--resume``d or ``--best``), check
+it against the backend's schema and the dataset, then run this process's trials under the
+study's parent MLflow run. The command's options are in :mod:`derma_core.cli.tune`."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
-import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -15,19 +16,14 @@ from typing import Any, Callable
 import click
 import yaml
 
-from .space import (PRUNERS, SAMPLERS, TuneError, _check_value, apply_values, load_space, parse_space,
-                    plugin_schema, validate_space)
+from ..cli import fail_usage
+from .space import (TuneError, _check_value, apply_values, load_space, parse_space, plugin_schema,
+                    validate_space)
 from .study import (ATTR_EXPERIMENT, ATTR_PARENT_RUN, ATTR_RUN_ID, ATTR_SETTINGS, DEFAULT_DIRECTION,
                     DEFAULT_METRIC, TAG_KIND, TAG_STUDY, Objective, StaleTrialHandler,
                     _differences, best_config_yaml, fail_dead_local_trials, interrupted_line, make_pruner,
                     make_sampler, make_storage, open_study, quiet_interrupted_trials, redact, summarize,
                     wait_for_settings)
-
-
-# -- the command --------------------------------------------------------------------------------
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
 
 
 def _resolve_base(plugin: str, config_file, overrides, values: dict) -> dict:
@@ -50,47 +46,11 @@ def _resolve_stored(settings: dict, overrides, values: dict) -> dict:
         return _resolve_base(settings["plugin"], path, overrides, values)
 
 
-@click.command("tune")
-@click.option("--plugin", "-p", help="Backend to tune (see `derma plugins`); stored in the study for --resume/--best.")
-@click.option("--space", "space_file", type=click.Path(dir_okay=False),
-              help="Search space YAML (default: configs/tune/PLUGIN.yaml).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML overriding the backend's defaults.")
-@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one config key (repeatable).")
-@click.option("--trials", "n_trials", type=click.IntRange(min=0), help="Trials this process runs (default 20; several workers each run this many).")
-@click.option("--timeout", type=click.FloatRange(min=0), help="Stop starting trials after this many seconds.")
-@click.option("--study-name", help="Optuna study (default: tune-PLUGIN). Workers with the same name and storage share it.")
-@click.option("--storage", help="Optuna storage: a journal file (default mlruns/optuna.journal) or an SQLAlchemy URL "
-                                "such as postgresql+psycopg2://user:pw@host/db for several machines.")
-@click.option("--sampler", type=click.Choice(SAMPLERS), help="Sampler (default tpe, or the space file's).")
-@click.option("--pruner", type=click.Choice(PRUNERS), help="Pruner (default median, or the space file's).")
-@click.option("--metric", help=f"Validation metric to optimise (default {DEFAULT_METRIC}, or the space file's).")
-@click.option("--direction", type=click.Choice(["maximize", "minimize"]), help="Default maximize, or the space file's.")
-@click.option("--resume", is_flag=True, help="Continue an existing study with its stored plugin, space and config.")
-@click.option("--best", "show_best", is_flag=True, help="Print the best trial's config YAML and write it to --output; run no trial.")
-@click.option("--output", type=click.Path(dir_okay=False), help="Where --best writes (default STUDY-best.yaml).")
-@click.option("--dataset", help="Dataset source (data.source).")
-@click.option("--data-dir", help="Prepared folder from `derma prep` (data.dir).")
-@click.option("--experiment", help="MLflow experiment (default: the dataset name).")
-@click.option("--tracking-uri", help="MLflow tracking URI; use one `mlflow server` for all workers.")
-@click.option("--seed", type=int, help="Training seed of every trial (config key seed).")
-@click.option("--sampler-seed", type=int, help="Seed of the sampler (reproducible single-worker studies).")
-@click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--heartbeat-interval", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Seconds between trial heartbeats (database storage).")
-@click.option("--grace-period", type=click.IntRange(min=1), default=60, show_default=True,
-              help="A running trial without a heartbeat for this long is failed and retried.")
-@click.option("--max-retry", type=click.IntRange(min=0), default=2, show_default=True,
-              help="How often a trial of a dead worker is queued again.")
-@click.option("--log-models", is_flag=True, help="Also log each trial's model (off: the --best config's run logs it).")
-@click.option("--quiet", "-q", is_flag=True, help="No per-trial lines.")
-def tune_command(plugin, space_file, config_file, overrides, n_trials, timeout, study_name, storage, sampler, pruner,
-                 metric, direction, resume, show_best, output, dataset, data_dir, experiment, tracking_uri, seed,
-                 sampler_seed, device, heartbeat_interval, grace_period, max_retry, log_models, quiet):
-    """Search hyperparameters with Optuna; every trial is an MLflow run nested under the study's run.
-
-    Trials are evaluated on the validation split only. Several `derma tune` processes (on several
-    machines) with the same --study-name, --storage and --tracking-uri work on one study.
-    """
+def tune(plugin, space_file, config_file, overrides, n_trials, timeout, study_name, storage, sampler, pruner,
+         metric, direction, resume, show_best, output, dataset, data_dir, experiment, tracking_uri, seed,
+         sampler_seed, device, heartbeat_interval, grace_period, max_retry, log_models, quiet) -> None:
+    """What ``derma tune`` does with its options (:mod:`derma_core.cli.tune` lists them): open or
+    create the study, then ``--best`` writes the best config, else this process runs its trials."""
     import optuna
 
     from .. import tracking
@@ -100,10 +60,10 @@ def tune_command(plugin, space_file, config_file, overrides, n_trials, timeout, 
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if resume and show_best:
-        _fail("--resume and --best do not go together")
+        fail_usage("--resume and --best do not go together")
     if not study_name:
         if not plugin:
-            _fail("give --plugin (the study is then tune-PLUGIN) or --study-name")
+            fail_usage("give --plugin (the study is then tune-PLUGIN) or --study-name")
         study_name = f"tune-{plugin}"
     values = {"data.source": dataset, "data.dir": data_dir, "tracking.experiment": experiment,
               "tracking.uri": tracking_uri, "seed": seed, "device": device}
@@ -111,7 +71,7 @@ def tune_command(plugin, space_file, config_file, overrides, n_trials, timeout, 
     try:
         store, store_url = make_storage(storage, heartbeat_interval, grace_period, handler)
     except TuneError as exc:
-        _fail(str(exc))
+        fail_usage(str(exc))
 
     # -- --best and --resume work from what the study stored ------------------------------
     if show_best or resume:
@@ -132,7 +92,7 @@ def tune_command(plugin, space_file, config_file, overrides, n_trials, timeout, 
     try:
         study_sampler = make_sampler(sampler_name, space, sampler_seed)
     except TuneError as exc:
-        _fail(str(exc))
+        fail_usage(str(exc))
     study_pruner = make_pruner(pruner_name, space.pruner)
     uri = tracking.resolve_tracking_uri(tracking_uri or settings["base_config"].get("tracking", {}).get("uri"))
     handler.tracking_uri = uri
@@ -155,13 +115,13 @@ def _stored_study(store, store_url: str, study_name: str, plugin: str | None, di
     try:
         study, _ = open_study(store, study_name, direction or DEFAULT_DIRECTION, None, None, create=False)
     except TuneError as exc:
-        _fail(f"{exc} (storage {redact(store_url)})")
+        fail_usage(f"{exc} (storage {redact(store_url)})")
     attrs = study.user_attrs
     if ATTR_SETTINGS not in attrs:
-        _fail(f"study {study_name!r} was not made by `derma tune` (it has no derma settings)")
+        fail_usage(f"study {study_name!r} was not made by `derma tune` (it has no derma settings)")
     settings = attrs[ATTR_SETTINGS]
     if plugin and plugin != settings["plugin"]:
-        _fail(f"study {study_name!r} tunes plugin {settings['plugin']!r}, not {plugin!r}")
+        fail_usage(f"study {study_name!r} tunes plugin {settings['plugin']!r}, not {plugin!r}")
     return study, settings
 
 
@@ -170,7 +130,7 @@ def _write_best(study, settings: dict, study_name: str, output: str | None) -> N
     try:
         text = best_config_yaml(study, settings)
     except TuneError as exc:
-        _fail(str(exc), 1)
+        fail_usage(str(exc), 1)
     path = Path(output or f"{study_name}-best.yaml")
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -189,18 +149,18 @@ def _resumed_settings(study_name: str, settings: dict, metric, direction, overri
     space = parse_space(settings["space"], settings.get("space_file", "<stored space>"))
     for name, given, stored in (("--metric", metric, settings["metric"]), ("--direction", direction, settings["direction"])):
         if given and given != stored:
-            _fail(f"{name} {given} differs from the study's {stored}")
+            fail_usage(f"{name} {given} differs from the study's {stored}")
     changed = bool(overrides or any(v is not None for v in values.values()))
     try:
         base = _resolve_stored(settings, overrides, values) if changed else settings["base_config"]
         _, schema = plugin_schema(plugin)
     except (ConfigError, plugins.UnknownComponentError) as exc:
-        _fail(str(exc).strip("'\""))
+        fail_usage(str(exc).strip("'\""))
     if changed and settings.get("classes"):  # this worker's paths must still reach the study's classes
         try:
             _same_classes(study_name, settings["classes"], _dataset_classes(runner, base))
         except TuneError as exc:
-            _fail(str(exc), 1)
+            fail_usage(str(exc), 1)
     return space, schema, dict(settings, base_config=base)
 
 
@@ -211,10 +171,10 @@ def _new_settings(plugin, space_file, config_file, overrides, values: dict, metr
     from ..config import ConfigError, configs_dir
 
     if not plugin:
-        _fail(f"--plugin is required; installed: {', '.join(sorted(plugins.classifiers()))}")
+        fail_usage(f"--plugin is required; installed: {', '.join(sorted(plugins.classifiers()))}")
     path = Path(space_file) if space_file else configs_dir() / "tune" / f"{plugin}.yaml"
     if not path.exists():
-        _fail(f"no search space: {path} does not exist; pass --space FILE")
+        fail_usage(f"no search space: {path} does not exist; pass --space FILE")
     try:
         space = load_space(path)
         if space.raw.get("plugin") not in (None, plugin):
@@ -226,7 +186,7 @@ def _new_settings(plugin, space_file, config_file, overrides, values: dict, metr
         base = apply_values(base, space.fixed)
         validate_space(space, schema, defaults, base)
     except (TuneError, ConfigError, plugins.UnknownComponentError) as exc:
-        _fail(str(exc).strip("'\""))
+        fail_usage(str(exc).strip("'\""))
     settings = {"plugin": plugin, "metric": metric or space.metric or DEFAULT_METRIC,
                 "direction": direction or space.direction or DEFAULT_DIRECTION,
                 "space": space.raw, "space_file": str(path), "base_config": base}
@@ -242,18 +202,18 @@ def _check_before_start(settings: dict, uri: str) -> str:
     try:
         dataset = runner.load_dataset(base)
     except Exception as exc:
-        _fail(f"cannot load the dataset (it names the MLflow experiment and the study's classes): "
+        fail_usage(f"cannot load the dataset (it names the MLflow experiment and the study's classes): "
               f"{str(exc).splitlines()[0]}", 1)
     try:  # every trial fits on train and is scored on val: a split it needs without rows stops here
         runner.check_dataset_splits(dataset, plugins.get_classifier(settings["plugin"]), "val")
     except ValueError as exc:
-        _fail(str(exc), 1)
+        fail_usage(str(exc), 1)
     exp_name = base.get("tracking", {}).get("experiment") or dataset.name
     settings["classes"] = list(dataset.label_set.codes)
     try:
         tracking.ensure_experiment(exp_name, tracking.configure(uri))
     except Exception as exc:
-        _fail(f"cannot use the MLflow tracking store {redact(uri)}: {str(exc).splitlines()[0]}", 1)
+        fail_usage(f"cannot use the MLflow tracking store {redact(uri)}: {str(exc).splitlines()[0]}", 1)
     return exp_name
 
 
@@ -271,28 +231,28 @@ def _join_study(study, created: bool, study_name: str, settings: dict, exp_name:
     try:
         attrs = wait_for_settings(study)
     except TuneError as exc:
-        _fail(str(exc))
+        fail_usage(str(exc))
     stored = attrs[ATTR_SETTINGS]
     if not resume:
         for key in ("plugin", "metric", "direction", "space"):
             if stored[key] != settings[key]:
-                _fail(f"study {study_name!r} already exists with a different {key}; use the same options on every "
+                fail_usage(f"study {study_name!r} already exists with a different {key}; use the same options on every "
                       "worker, `--resume` to continue it as stored, or another --study-name")
         diff = _differences(stored["base_config"], settings["base_config"])
         if diff:
-            _fail(f"study {study_name!r} was started with a different config at {', '.join(diff[:8])}; every worker "
+            fail_usage(f"study {study_name!r} was started with a different config at {', '.join(diff[:8])}; every worker "
                   "must use the same config (only machine paths may differ), or use --resume")
         if stored.get("classes"):
             try:
                 _same_classes(study_name, stored["classes"], settings["classes"])
             except TuneError as exc:
-                _fail(str(exc))
+                fail_usage(str(exc))
     parent_id = attrs.get(ATTR_PARENT_RUN)  # None: its creator died before making the parent run
     if parent_id is not None:
         try:
             tracking.get_run(parent_id, uri)
         except Exception:
-            _fail(f"the study's parent MLflow run {parent_id} is not in {redact(uri)}: every worker must use the "
+            fail_usage(f"the study's parent MLflow run {parent_id} is not in {redact(uri)}: every worker must use the "
                   "same tracking server (--tracking-uri or MLFLOW_TRACKING_URI)")
     return attrs[ATTR_EXPERIMENT], parent_id
 
@@ -387,7 +347,7 @@ def _run_trials(s: _Session, parent_ctx, dead, trials, timeout, resume_command: 
                                       resume_command)
         raise
     if error is not None:
-        _fail(str(error).strip("'\""), 1)
+        fail_usage(str(error).strip("'\""), 1)
     if not quiet:
         _echo_best(study, settings["metric"])
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data.descriptor import DatasetDescriptor
-from .interfaces import Dataset, Predictions, RunContext, Split
-from .labels import LabelSet
-from .tracking import NullTracker
+from ..data.descriptor import DatasetDescriptor
+from ..interfaces import Dataset, Predictions, RunContext, Split
+from ..labels import LabelSet
+from ..tracking import NullTracker
 
 
 def tiny_descriptor(label_set: LabelSet | None = None, name: str = "tiny") -> DatasetDescriptor:
@@ -22,7 +22,7 @@ def tiny_descriptor(label_set: LabelSet | None = None, name: str = "tiny") -> Da
     or the given label set with lesion grouping and no subgroups."""
     from dataclasses import replace
 
-    from .data.datasets.ham10000 import DESCRIPTOR as HAM
+    from ..data.datasets.ham10000 import DESCRIPTOR as HAM
 
     if label_set is None:
         return replace(HAM, name=name, title=name)

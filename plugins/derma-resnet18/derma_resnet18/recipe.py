@@ -94,47 +94,41 @@ class Recipe:
                 "aug_vflip": aug.vflip}
 
 
+#: Where each recipe option lives in the resolved config. A value is cast to its default's type
+#: (``None`` there, or a missing key, keeps the default); the options after it are taken as given.
+AUGMENTATION_KEYS = {"enabled": "augmentation.enabled", "rotation": "augmentation.rotation",
+                     "translate": "augmentation.translate", "brightness": "augmentation.brightness",
+                     "hflip": "augmentation.hflip", "vflip": "augmentation.vflip"}
+RECIPE_KEYS = {"arch": "model.arch", "weights": "model.weights", "dropout": "model.dropout",
+               "batch_size": "train.batch_size", "lr": "train.lr", "weight_decay": "train.weight_decay",
+               "optimizer": "train.optimizer", "scheduler": "train.scheduler", "sampler": "train.sampler",
+               "label_smoothing": "train.label_smoothing", "patience": "train.patience", "precision": "precision",
+               "weighting": "class_weighting.mode", "cap": "class_weighting.cap"}
+AS_GIVEN_KEYS = {"image_size": "train.image_size", "num_workers": "train.num_workers",
+                 "channels_last": "train.channels_last", "checkpoint": "checkpoint"}
+
+
+def _typed(config: dict, cls: type, keys: dict[str, str]) -> dict[str, Any]:
+    """``cls``'s options named in ``keys``, read from ``config`` and cast to their defaults' types."""
+    defaults = cls()
+    values = {}
+    for name, key in keys.items():
+        default = getattr(defaults, name)
+        value = get_dotted(config, key, default)
+        values[name] = default if value is None else type(default)(value)
+    return values
+
+
 def recipe_from_config(config: dict) -> Recipe:
     """The :class:`Recipe` of a resolved config (keys as in ``configs/resnet18.yaml``)."""
-
-    def get(key: str, default: Any) -> Any:
-        value = get_dotted(config, key, default)
-        return default if value is None and default is not None else value
-
-    aug_defaults = Augmentation()
-    aug = Augmentation(
-        enabled=bool(get("augmentation.enabled", aug_defaults.enabled)),
-        rotation=float(get("augmentation.rotation", aug_defaults.rotation)),
-        translate=float(get("augmentation.translate", aug_defaults.translate)),
-        brightness=float(get("augmentation.brightness", aug_defaults.brightness)),
-        hflip=float(get("augmentation.hflip", aug_defaults.hflip)),
-        vflip=float(get("augmentation.vflip", aug_defaults.vflip)),
-    )
-    d = Recipe()
-    recipe = Recipe(
-        arch=str(get("model.arch", d.arch)),
-        arch_kwargs=dict(get("model.kwargs", None) or {}),
-        weights=str(get("model.weights", d.weights)),
-        dropout=float(get("model.dropout", d.dropout)),
-        epochs=resolve_epochs(get("train.epochs", "auto"), config),
-        batch_size=int(get("train.batch_size", d.batch_size)),
-        lr=float(get("train.lr", d.lr)),
-        weight_decay=float(get("train.weight_decay", d.weight_decay)),
-        optimizer=str(get("train.optimizer", d.optimizer)),
-        scheduler=str(get("train.scheduler", d.scheduler)),
-        sampler=str(get("train.sampler", d.sampler)),
-        label_smoothing=float(get("train.label_smoothing", d.label_smoothing)),
-        patience=int(get("train.patience", d.patience)),
-        image_size=get_dotted(config, "train.image_size"),
-        num_workers=get_dotted(config, "train.num_workers"),
-        channels_last=get_dotted(config, "train.channels_last"),
-        precision=str(get("precision", d.precision)),
-        weighting=str(get("class_weighting.mode", d.weighting)),
-        cap=float(get("class_weighting.cap", d.cap)),
-        checkpoint=get_dotted(config, "checkpoint"),
-        augmentation=aug,
-    )
-    return recipe.validate()
+    epochs = get_dotted(config, "train.epochs")
+    return Recipe(
+        **_typed(config, Recipe, RECIPE_KEYS),
+        **{name: get_dotted(config, key) for name, key in AS_GIVEN_KEYS.items()},
+        arch_kwargs=dict(get_dotted(config, "model.kwargs") or {}),
+        epochs=resolve_epochs("auto" if epochs is None else epochs, config),
+        augmentation=Augmentation(**_typed(config, Augmentation, AUGMENTATION_KEYS)),
+    ).validate()
 
 
 def _synthetic(config: dict) -> bool:

@@ -16,6 +16,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from derma_core.testing import sigint_default
+
 PLUGIN = textwrap.dedent('''
     import time
     from derma_core import hookimpl
@@ -65,7 +67,8 @@ def sleeper_env(tmp_path, mlflow_store):
 def _start(env, store, cwd):
     cmd = [sys.executable, "-m", "derma_core.cli", "run", "--plugin", "sleeper", "--dataset", "tiny_signals",
            "--tracking-uri", store, "--quiet", "-o", "output.work_dir=work"]
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         ready = list((Path(cwd) / "work").glob("*/ready"))

@@ -19,6 +19,8 @@ import mlflow
 import pytest
 import yaml
 
+from derma_core.testing import sigint_default
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
@@ -75,7 +77,8 @@ def _study(work: Path, name: str):
 def _tune(work: Path, env: dict, *args: str) -> subprocess.Popen:
     cmd = [sys.executable, str(work / "driver.py"), "tune", "-p", "tunetoy", "--space", str(work / "space.yaml"),
            "--study-name", "stopped", *args]
-    return subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
 
 
 def _interrupt_mid_trial(work: Path, env: dict, sig: int) -> tuple[subprocess.Popen, str, str, int]:

@@ -117,3 +117,12 @@ def chromium(url: str, *, window: tuple[int, int] = (1400, 900), screenshot: str
         shutil.rmtree(profile, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` for a subprocess a test will interrupt with SIGINT. A shell's background job
+    (``pytest ... &``) starts with SIGINT ignored and its children inherit that, so Python in the
+    child would never raise KeyboardInterrupt; the test must not depend on how pytest was started."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

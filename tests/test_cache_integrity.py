@@ -23,6 +23,7 @@ from derma_core.data import resize as resizemod
 from derma_core.data.prepare import CacheDamagedError, PrepParams, load_prepared, prepare
 from derma_core.data.raw import PrepError
 from derma_core.data.synthetic import generate
+from derma_core.testing import as_prepared_by_an_earlier_derma
 
 SIZE = 16
 ROW = SIZE * SIZE * 3
@@ -181,15 +182,7 @@ def test_a_rebuild_does_not_reuse_damaged_rows(raw, prepared, golden, tmp_path):
 def test_a_folder_without_a_record_is_checked_and_recorded_once(raw, prepared, golden):
     """Folders prepared before the record existed: a run checks the size and that sampled rows
     are not all zeros; the next prep checks every row once, reuses them and writes the record."""
-    manifest = json.loads((prepared / "manifest.json").read_text())
-    del manifest["cache"]["integrity"]
-    manifest["fingerprint"] = "prepared-by-an-earlier-derma"
-    (prepared / "manifest.json").write_text(json.dumps(manifest))
-    state = json.loads((prepared / "state.json").read_text())
-    state.pop("decoder")
-    for entry in state["images"].values():
-        entry.pop("wh", None)
-    (prepared / "state.json").write_text(json.dumps(state))
+    as_prepared_by_an_earlier_derma(prepared)
     load_prepared(prepared)  # intact: opens
     _zero_rows(prepared, 0, 2)
     with pytest.raises(CacheDamagedError, match="2 rows are all zeros"):

@@ -11,34 +11,16 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from derma_core import hookimpl, plugins
-from derma_core.cli import cli
 from derma_core.data.datasets.ham10000 import DESCRIPTOR as HAM
 from derma_core.data.feasibility import (InfeasibleSplitError, check_prep_splits, check_run_splits, run_needs,
                                          seed_min_groups)
 from derma_core.data.raw import PrepError
-from derma_core.testing import make_tiny_dataset
+from derma_core.testing import invoke_cli, make_tiny_dataset, one_line
 
 CODES = list(HAM.labels.codes)
-
-
-def derma(*args) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        import traceback
-
-        return 99, result.output + "".join(traceback.format_exception(result.exception))
-    return result.exit_code, result.output
-
-
-def one_line(output: str, *fragments: str) -> str:
-    assert "Traceback" not in output, output
-    lines = [line for line in output.splitlines() if all(f in line for f in fragments)]
-    assert lines, f"no one line holds all of {fragments}:\n{output}"
-    return lines[0]
 
 
 def _meta(per_class: dict[str, int], images_per_lesion: int = 1) -> pd.DataFrame:
@@ -123,7 +105,7 @@ def _raw(folder: Path, per_class: dict[str, int]) -> Path:
 def test_prep_refuses_too_few_lesions_and_writes_nothing(tmp_path):
     raw = _raw(tmp_path / "raw", {"nv": 2, "mel": 1, "bkl": 1})
     out = tmp_path / "out"
-    code, output = derma("prep", "--raw", raw, "--out", out, "--size", "8", "--workers", "1", "-q")
+    code, output = invoke_cli("prep", "--raw", raw, "--out", out, "--size", "8", "--workers", "1", "-q")
     assert code == 1, output
     line = one_line(output, "error:", str(raw / "HAM10000_metadata.csv"), "4 rows in 4 lesions",
                     "cannot fill the val split", "val needs a class with at least 3 lesions")
@@ -135,7 +117,7 @@ def test_prep_refuses_too_few_lesions_and_writes_nothing(tmp_path):
 def test_prep_of_just_enough_lesions_succeeds(tmp_path):
     raw = _raw(tmp_path / "raw", {"nv": 3})
     out = tmp_path / "out"
-    code, output = derma("prep", "--raw", raw, "--out", out, "--size", "8", "--workers", "1", "-q")
+    code, output = invoke_cli("prep", "--raw", raw, "--out", out, "--size", "8", "--workers", "1", "-q")
     assert code == 0, output
     assert all(len(pd.read_csv(out / "splits" / f"{s}.csv")) == 1 for s in ("train", "val", "test"))
 
@@ -147,14 +129,14 @@ def test_prep_refuses_when_refused_images_empty_a_split(tmp_path):
     first = sorted((raw / "HAM10000_images_part_1").glob("*.jpg"))[0]
     Image.new("RGB", (4, 4), (120, 80, 60)).save(first)
     out = tmp_path / "out"
-    code, output = derma("prep", "--raw", raw, "--out", out, "--size", "8", "--workers", "1", "-q")
+    code, output = invoke_cli("prep", "--raw", raw, "--out", out, "--size", "8", "--workers", "1", "-q")
     assert code == 1, output
     line = one_line(output, "error:", "cannot fill the", "after the 1 refused images were dropped",
                     "--min-side")
     assert line.startswith("error: ")
     assert not (out / "manifest.json").exists()
     # relaxing the minimum makes the same folder prepare, reusing what was resized
-    code, output = derma("prep", "--raw", raw, "--out", out, "--size", "8", "--workers", "1", "-q", "--min-side", "4")
+    code, output = invoke_cli("prep", "--raw", raw, "--out", out, "--size", "8", "--workers", "1", "-q", "--min-side", "4")
     assert code == 0, output
     assert all(len(pd.read_csv(out / "splits" / f"{s}.csv")) == 1 for s in ("train", "val", "test"))
 
@@ -191,7 +173,7 @@ def _runs(uri: str) -> list:
 @pytest.mark.parametrize("source, empty", [("no_test", "test"), ("no_train", "train")])
 def test_run_on_a_dataset_with_an_empty_needed_split_is_refused_before_mlflow(degenerate, mlflow_store, source,
                                                                                empty):
-    code, output = derma("run", "--plugin", "prior", "--dataset", source, "--tracking-uri", mlflow_store, "-q")
+    code, output = invoke_cli("run", "--plugin", "prior", "--dataset", source, "--tracking-uri", mlflow_store, "-q")
     assert code == 1, output
     one_line(output, "error: dataset", source, f"cannot fill the {empty} split", f"{empty} 0",
              "prior needs train and test, at least 1 lesion each")

@@ -25,6 +25,7 @@ from derma_core.data.prepare import PrepParams, load_prepared, prepare
 from derma_core.data.raw import PrepError
 from derma_core.data.resize import ImageRefused, load_resized, to_rgb
 from derma_core.data.synthetic import generate
+from derma_core.testing import as_prepared_by_an_earlier_derma
 
 SIZE = 16
 QUIET = dict(progress=False, log=lambda m: None)
@@ -277,14 +278,7 @@ def test_rows_decoded_by_an_earlier_derma_are_redone_for_non_jpeg_images(raw, tm
     cache[row] = 255
     cache.flush()
     del cache
-    del manifest["cache"]["integrity"]
-    manifest["fingerprint"] = "an-earlier-derma"
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    state = json.loads((out / "state.json").read_text())
-    state.pop("decoder")
-    for entry in state["images"].values():
-        entry.pop("wh", None)
-    (out / "state.json").write_text(json.dumps(state))
+    as_prepared_by_an_earlier_derma(out)
     prepare(raw, out, PrepParams(size=SIZE, split="grouped"), workers=1, **QUIET)
     summary = _report(out)["summary"]
     assert summary["images_resized"] == 1 and summary["images_reused"] == 167

@@ -13,29 +13,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-from derma_core.cli import cli
 from derma_core.data.datasets.ham10000 import LABEL_SET as HAM
+from derma_core.testing import invoke_cli, one_line
 from derma_core.textio import TextEncodingError, check_encoding, decode, read_text
 
 CODES = list(HAM.codes)
-
-
-def derma(*args) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        import traceback
-
-        return 99, result.output + "".join(traceback.format_exception(result.exception))
-    return result.exit_code, result.output
-
-
-def one_line(output: str, *fragments: str) -> str:
-    assert "Traceback" not in output, output
-    lines = [line for line in output.splitlines() if all(f in line for f in fragments)]
-    assert lines, f"no one line holds all of {fragments}:\n{output}"
-    return lines[0]
 
 
 # ---------------------------------------------------------------- the helper
@@ -88,7 +71,7 @@ def _no_run(uri: str) -> None:
 
 def test_eval_answers_latin1_answer_file_is_one_line_naming_line_and_offset(tmp_path, mlflow_store):
     q, a = _answer_files(tmp_path, ["mel", "nv", "mélanome: mel"], "latin-1")
-    code, out = derma("eval-answers", "-q", q, "-a", a, "--tracking-uri", mlflow_store)
+    code, out = invoke_cli("eval-answers", "-q", q, "-a", a, "--tracking-uri", mlflow_store)
     assert code == 1, out
     line = one_line(out, str(a), "line 3, byte offset", "0xe9", "not valid utf-8", "--encoding latin-1")
     offset = a.read_bytes().index(b"\xe9")
@@ -99,7 +82,7 @@ def test_eval_answers_latin1_answer_file_is_one_line_naming_line_and_offset(tmp_
 def test_eval_answers_bad_byte_in_the_question_file_names_the_question_file(tmp_path, mlflow_store):
     q, a = _answer_files(tmp_path, ["mel", "nv"])
     q.write_bytes(q.read_bytes().replace(b"Which?", b"Which\x93?", 1))  # a cp1252 curly quote
-    code, out = derma("eval-answers", "-q", q, "-a", a, "--tracking-uri", mlflow_store)
+    code, out = invoke_cli("eval-answers", "-q", q, "-a", a, "--tracking-uri", mlflow_store)
     assert code == 1, out
     one_line(out, str(q), "line 1, byte offset", "0x93", "--encoding")
     _no_run(mlflow_store)
@@ -107,18 +90,18 @@ def test_eval_answers_bad_byte_in_the_question_file_names_the_question_file(tmp_
 
 def test_eval_answers_with_encoding_reads_files_from_other_tools(tmp_path, mlflow_store):
     q, a = _answer_files(tmp_path, ["mel", "nv", "bkl — é"], "cp1252")
-    code, out = derma("eval-answers", "-q", q, "-a", a, "--tracking-uri", mlflow_store, "--encoding", "cp1252",
+    code, out = invoke_cli("eval-answers", "-q", q, "-a", a, "--tracking-uri", mlflow_store, "--encoding", "cp1252",
                       "-o", "evaluation.bootstrap=0", "--parser", "strict")
     assert code == 0, out
     assert "3 questions, 0 invalid answers" in out
     q16, a16 = _answer_files(tmp_path, ["mel", "nv"], "utf-16")
-    code, out = derma("eval-answers", "-q", q16, "-a", a16, "--tracking-uri", mlflow_store)
+    code, out = invoke_cli("eval-answers", "-q", q16, "-a", a16, "--tracking-uri", mlflow_store)
     assert code == 1 and "--encoding utf-16" in one_line(out, str(a16), "line 1, byte offset 0")
 
 
 def test_eval_answers_unknown_encoding_is_a_usage_error(tmp_path, mlflow_store):
     q, a = _answer_files(tmp_path, ["mel"])
-    code, out = derma("eval-answers", "-q", q, "-a", a, "--tracking-uri", mlflow_store, "--encoding", "klingon")
+    code, out = invoke_cli("eval-answers", "-q", q, "-a", a, "--tracking-uri", mlflow_store, "--encoding", "klingon")
     assert code == 2, out
     one_line(out, "--encoding", "'klingon' is no encoding Python knows")
 
@@ -149,11 +132,11 @@ def test_eval_predictions_cp1252_file_is_one_line_and_reads_with_encoding(tmp_pa
     path.write_bytes(frame.to_csv(index=False).encode("cp1252"))
     args = ["eval-predictions", path, "--dataset", "ham10000", "--metadata", meta, "--tracking-uri", mlflow_store,
             "-o", "evaluation.bootstrap=0"]
-    code, out = derma(*args)
+    code, out = invoke_cli(*args)
     assert code == 1, out
     one_line(out, "error:", str(path), "line 7, byte offset", "0xe9", "--encoding latin-1")
     assert mlflow.MlflowClient(mlflow_store).get_experiment_by_name("ham10000") is None
-    code, out = derma(*args, "--encoding", "cp1252")
+    code, out = invoke_cli(*args, "--encoding", "cp1252")
     assert code == 0, out
     assert "28 images" in out
 
@@ -174,7 +157,7 @@ def test_eval_predictions_class_order_file_in_another_encoding(tmp_path, mlflow_
     assert codes_in_order == CODES
     order.write_bytes(("diag,label\n" + "".join(f"{n},{k}\n" for k, n in enumerate(names))
                        + "").replace("Melanoma", "Mélanoma").encode("latin-1"))
-    code, out = derma("eval-predictions", path, "--dataset", "ham10000", "--metadata", meta, "--class-order", order,
+    code, out = invoke_cli("eval-predictions", path, "--dataset", "ham10000", "--metadata", meta, "--class-order", order,
                       "--tracking-uri", mlflow_store, "-o", "evaluation.bootstrap=0")
     assert code == 1, out
     one_line(out, "--class-order", str(order), "line 6, byte offset", "--encoding")
@@ -199,7 +182,7 @@ def test_label_map_file_not_utf8_is_one_line(tmp_path):
 def test_folder_spec_not_utf8_is_one_line(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_bytes(b"name: mine\nmetadata: caf\xe9.csv\n")
-    code, out = derma("prep", "--spec", spec, "--raw", tmp_path, "--out", tmp_path / "out")
+    code, out = invoke_cli("prep", "--spec", spec, "--raw", tmp_path, "--out", tmp_path / "out")
     assert code == 1, out
     one_line(out, str(spec), "line 2, byte offset 24", "0xe9", "save the file as UTF-8")
     assert not (tmp_path / "out").exists()
@@ -220,11 +203,11 @@ def test_prep_metadata_table_in_latin1_is_one_line_and_reads_with_encoding(tmp_p
         rows.append(f"HAM_{i:07d},ISIC_{i:07d},nv,histo,50,male,{'abdômen' if i == 4 else 'back'}")
     (raw / "HAM10000_metadata.csv").write_bytes(("\n".join(rows) + "\n").encode("latin-1"))
     out = tmp_path / "out"
-    code, output = derma("prep", "--raw", raw, "--out", out, "--size", "8", "--workers", "1", "-q")
+    code, output = invoke_cli("prep", "--raw", raw, "--out", out, "--size", "8", "--workers", "1", "-q")
     assert code == 1, output
     line = one_line(output, "HAM10000_metadata.csv", "line 6", "byte offset", "--encoding")
     assert line.startswith("error: ") and not (out / "manifest.json").exists()
-    code, output = derma("prep", "--raw", raw, "--out", out, "--size", "8", "--workers", "1", "-q",
+    code, output = invoke_cli("prep", "--raw", raw, "--out", out, "--size", "8", "--workers", "1", "-q",
                          "--encoding", "latin-1")
     assert code == 0, output
     kept = pd.concat(pd.read_csv(out / "splits" / f"{s}.csv", dtype=str) for s in ("train", "val", "test"))

@@ -126,3 +126,44 @@ def sigint_default() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def invoke_cli(*args) -> tuple[int, str]:
+    """``derma ARGS`` in-process: (exit code, output). An exception that is not a clean exit comes
+    back as code 99 with its traceback in the output, so a test's message shows what broke."""
+    import traceback
+
+    from click.testing import CliRunner
+
+    from ..cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        return 99, result.output + "".join(traceback.format_exception(result.exception))
+    return result.exit_code, result.output
+
+
+def one_line(output: str, *fragments: str) -> str:
+    """The first line of ``output`` holding every fragment (asserting there is one, and no traceback)."""
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if all(f in line for f in fragments)]
+    assert lines, f"no one line holds all of {fragments}:\n{output}"
+    return lines[0]
+
+
+def as_prepared_by_an_earlier_derma(folder: str | Path) -> None:
+    """Rewrite a prepared folder's records as derma wrote them before the cache's integrity record
+    and the decoder version existed (no ``cache.integrity``, no ``decoder``, no image sizes, another
+    fingerprint), to test that such folders are still read and upgraded."""
+    import json
+
+    folder = Path(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["cache"]["integrity"]
+    manifest["fingerprint"] = "prepared-by-an-earlier-derma"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    state = json.loads((folder / "state.json").read_text())
+    state.pop("decoder")
+    for entry in state["images"].values():
+        entry.pop("wh", None)
+    (folder / "state.json").write_text(json.dumps(state))
